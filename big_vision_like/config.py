@@ -75,3 +75,147 @@ def lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
   did_you_mean = f" Did you mean '{hint}'?" if hint else ""
   raise ConfigError(f"Unknown {what} '{name}'.{did_you_mean} "
                     f"Choose one of: {', '.join(sorted(table))}.")
+
+
+# ---------------------------------------------------------------------------
+# Top-level defaults, loading and overrides.
+# ---------------------------------------------------------------------------
+
+# Sections whose keys are checked here. The schemas of `model`, `optim`,
+# `schedule` and each `evals.<name>` belong to the code that consumes them and
+# are checked there, at start-up, before any step runs.
+_NESTED_DEFAULTS = ("input", "input.data", "mixing", "sharding")
+
+
+def defaults() -> "ml_collections.ConfigDict":
+  """Every top-level key a training config may set, with its default."""
+  import ml_collections  # Local: keeps this module importable without it.
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = None       # Exactly one of total_steps / total_epochs.
+  c.total_epochs = None
+  c.input = dict(
+      data=dict(name=None, split="train", data_dir=None),
+      pp=None,               # Preprocessing spec, e.g. "decode|resize(224)|...".
+      batch_size=None,       # Global batch size, over all processes.
+      num_threads=2,
+      prefetch=2)
+  c.mock_examples = 0        # >0: smoke mode on mock data of the real spec.
+  c.model_name = None        # A key of big_vision_like.models.MODELS.
+  c.model = {}
+  c.objective = "supervised"  # A key of big_vision_like.objectives.OBJECTIVES.
+  c.loss = "softmax_xent"     # A key of big_vision_like.losses.LOSSES.
+  c.mixing = dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5)
+  c.optim = dict(name="adamw", lr=1e-3)
+  c.schedule = dict(decay_type="cosine", warmup_steps=0)
+  c.mesh = [("data", -1)]
+  c.dcn_mesh = None
+  c.sharding = dict(preset="dp", overrides=[])
+  c.evals = {}
+  c.log_every_steps = 50
+  c.ckpt_every_steps = 1000
+  c.keep_ckpts = 3
+  c.keep_ckpt_every_steps = None
+  c.max_consecutive_nonfinite = 10
+  c.allow_config_change = False
+  return c
+
+
+def _merge_checked(given: Mapping[str, Any], default: Mapping[str, Any],
+                   path: str = "") -> dict[str, Any]:
+  """`default` updated with `given`, recursing into the `_NESTED_DEFAULTS`."""
+  check_keys(given, default, f"config.{path}" if path else "config")
+  out = dict(default)
+  for key, value in given.items():
+    sub = f"{path}.{key}" if path else key
+    if sub in _NESTED_DEFAULTS and isinstance(value, Mapping):
+      value = _merge_checked(value, default[key], sub)
+    out[key] = value
+  return out
+
+
+def resolve(config: Mapping[str, Any]) -> "ml_collections.ConfigDict":
+  """Merges `config` over `defaults()`, rejecting unknown top-level keys.
+
+  Returns a new, unlocked ConfigDict. Keys of the nested sections owned by
+  other modules (model, optim, schedule, evals.*) pass through unchanged.
+  """
+  import ml_collections
+  given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  merged = _merge_checked(given, defaults().to_dict())
+  if (merged["total_steps"] is None) == (merged["total_epochs"] is None):
+    raise ConfigError("Set exactly one of config.total_steps and "
+                      "config.total_epochs.")
+  if merged["model_name"] is None:
+    raise ConfigError("config.model_name is not set; choose one of the keys "
+                      "of big_vision_like.models.MODELS (e.g. 'vit').")
+  return ml_collections.ConfigDict(merged)
+
+
+def parse_value(text: str) -> Any:
+  """A Python literal if `text` is one, else the string itself."""
+  import ast
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def split_overrides(argv: list[str], flag: str = "config"
+                    ) -> tuple[list[str], dict[str, Any]]:
+  """Splits `--config.a.b=value` arguments off `argv`.
+
+  Returns the remaining argv and {"a.b": parsed value}.
+  """
+  rest, overrides = [], {}
+  prefix = f"--{flag}."
+  it = iter(argv)
+  for arg in it:
+    if arg.startswith(prefix):
+      key, eq, value = arg[len(prefix):].partition("=")
+      if not eq:
+        value = next(it, None)
+        if value is None:
+          raise ConfigError(f"Override {arg} has no value; write {arg}=VALUE.")
+      overrides[key] = parse_value(value)
+    else:
+      rest.append(arg)
+  return rest, overrides
+
+
+def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> None:
+  """Sets each dotted key of `overrides` in `config` (a ConfigDict), in place.
+
+  Apply to a `resolve`d config: every top-level and default nested key exists
+  then; keys below `model`, `optim` and the like may be new and are validated
+  later by their owners.
+  """
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split(".")
+    node, where = config, "config"
+    for part in parents:
+      if part not in node:
+        raise unknown_key_error(part, node.keys(), where)
+      node, where = node[part], f"{where}.{part}"
+    if where == "config" and leaf not in node:
+      raise unknown_key_error(leaf, node.keys(), where)
+    try:
+      node[leaf] = value
+    except TypeError as e:
+      raise ConfigError(f"Override --config.{dotted}={value!r}: {e}") from e
+
+
+def load(spec: str) -> Any:
+  """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
+  import importlib.util
+  import os
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ConfigError(f"Config file '{path}' does not exist. Pass "
+                      "--config=configs/<name>.py, e.g. configs/demo.py.")
+  module_spec = importlib.util.spec_from_file_location("_bvl_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"Config file '{path}' has no get_config(arg) function.")
+  return module.get_config(arg or None)

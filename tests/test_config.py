@@ -1,0 +1,78 @@
+"""Config loading, defaults, overrides and key validation."""
+
+import pytest
+
+from big_vision_like import config as config_lib
+from configs import common
+
+
+def _minimal(**kw):
+  return {"total_steps": 5, "model_name": "vit", **kw}
+
+
+def test_resolve_fills_defaults_for_missing_keys():
+  c = config_lib.resolve(_minimal(input={"data": {"name": "x"}}))
+  assert c.input.data.split == "train"
+  assert c.input.num_threads == 2
+  assert c.log_every_steps == config_lib.defaults().log_every_steps
+
+
+def test_misspelled_top_level_key_names_closest_valid_key():
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"'config.totl_steps'.*Did you mean 'total_steps'"):
+    config_lib.resolve(_minimal(totl_steps=3))
+
+
+def test_misspelled_nested_key_names_closest_valid_key():
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"config.input.data.splt.*Did you mean 'split'"):
+    config_lib.resolve(_minimal(input={"data": {"splt": "test"}}))
+
+
+def test_total_steps_and_epochs_are_exclusive():
+  with pytest.raises(config_lib.ConfigError, match="exactly one"):
+    config_lib.resolve(_minimal(total_epochs=3))
+
+
+def test_split_overrides_parses_literals_and_strings():
+  argv = ["main.py", "--workdir=/w", "--config.optim.lr=3e-4",
+          "--config.input.data.name=cifar10", "--config.mesh",
+          "[('data', 2)]"]
+  rest, overrides = config_lib.split_overrides(argv)
+  assert rest == ["main.py", "--workdir=/w"]
+  assert overrides == {"optim.lr": 3e-4, "input.data.name": "cifar10",
+                       "mesh": [("data", 2)]}
+
+
+def test_overrides_set_nested_values_and_reject_unknown_top_level_keys():
+  c = config_lib.resolve(_minimal())
+  config_lib.apply_overrides(c, {"optim.lr": 0.5, "input.batch_size": 16})
+  assert c.optim.lr == 0.5 and c.input.batch_size == 16
+  with pytest.raises(config_lib.ConfigError, match="Did you mean 'seed'"):
+    config_lib.apply_overrides(c, {"sed": 1})
+  with pytest.raises(config_lib.ConfigError, match="Did you mean 'input'"):
+    config_lib.apply_overrides(c, {"inpt.batch_size": 1})
+
+
+def test_load_reports_missing_config_file(tmp_path):
+  with pytest.raises(config_lib.ConfigError, match="does not exist"):
+    config_lib.load(str(tmp_path / "nope.py"))
+
+
+def test_load_passes_argument_after_colon(tmp_path):
+  path = tmp_path / "cfg.py"
+  path.write_text("def get_config(arg):\n  return {'arg': arg}\n")
+  assert config_lib.load(f"{path}:runlocal") == {"arg": "runlocal"}
+
+
+def test_parse_arg_types_follow_defaults_and_unknown_keys_fail():
+  arg = common.parse_arg("runlocal,variant=L/16,depth=101", runlocal=False,
+                         variant="B/16", depth=50)
+  assert arg.runlocal is True and arg.variant == "L/16" and arg.depth == 101
+  with pytest.raises(config_lib.ConfigError, match="Did you mean 'variant'"):
+    common.parse_arg("varient=L/16", variant="B/16")
+
+
+def test_lookup_suggests_closest_choice():
+  with pytest.raises(config_lib.ConfigError, match="Did you mean 'adamw'"):
+    config_lib.lookup({"adamw": 1, "sgd": 2}, "adamv", "optimizer")
