@@ -1,0 +1,257 @@
+"""Fault-tolerant, asynchronous checkpoints of the train state with orbax.
+
+What is stored where: layout.py. Guarantees:
+  * `save` never writes a state with NaN or Inf values, and returns once the
+    state is on the host; the write finishes in the background.
+  * Only committed steps are listed or restored (layout.COMMIT_MARKER).
+  * `restore(step=None)` takes the newest step that passes the structure and
+    content checks (integrity.py), warns naming each corrupt step and the
+    failing file or leaf, and moves corrupt steps to `<directory>/corrupt/`
+    (kept for inspection) so that retention and later saves of those step
+    numbers work.
+  * Restores reshard onto any target mesh; multi-host: orbax writes each
+    process's shards, only the primary process writes the JSON items.
+
+One writer per directory: the job that trains into it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as policies
+
+from big_vision_like.checkpoint import integrity
+from big_vision_like.checkpoint import restoring
+from big_vision_like.checkpoint import tree_paths
+from big_vision_like.checkpoint.errors import (
+    CheckpointCorruptError, CheckpointError, NoCheckpointError,
+    NonFiniteStateError)
+from big_vision_like.checkpoint.layout import (
+    CORRUPT_DIR, DATA_STATE, INTEGRITY, METADATA, STATE, committed_steps,
+    handler_registry)
+from big_vision_like.config import ConfigError
+
+PyTree = Any
+
+
+def _all_processes(ok: bool) -> bool:
+  """True iff `ok` on every process (all must agree on which step to use)."""
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.array(ok))))
+
+
+def _check_json(item: str, value: Any) -> None:
+  if not isinstance(value, Mapping):
+    raise TypeError(f"{item} must be a dict, got {type(value).__name__}.")
+  try:
+    json.dumps(value)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"{item} must be JSON-serialisable: {e}") from e
+
+
+class Checkpointer:
+  """Saves and restores (state, data_state, metadata) at integer steps."""
+
+  def __init__(self, directory: str, *, keep_last: int = 3,
+               keep_every: int | None = None, async_save: bool = True):
+    """Opens (creating if needed) a checkpoint directory.
+
+    Args:
+      directory: local path or any path etils.epath supports (gs://...).
+      keep_last: how many of the newest steps to keep (>= 1).
+      keep_every: also keep every step that is a multiple of this, if set.
+      async_save: if True, `save` returns once the state is copied to host
+        memory and the write finishes in the background.
+    """
+    if not isinstance(keep_last, int) or keep_last < 1:
+      raise ConfigError(
+          f"keep_last must be an integer >= 1, got {keep_last!r}.")
+    if keep_every is not None and (not isinstance(keep_every, int)
+                                   or keep_every < 1):
+      raise ConfigError(
+          f"keep_every must be None or an integer >= 1, got {keep_every!r}.")
+    self.directory = epath.Path(directory)
+    keep = [policies.LatestN(keep_last)]
+    if keep_every:
+      keep.append(policies.EveryNSteps(keep_every))
+    options = ocp.CheckpointManagerOptions(
+        enable_async_checkpointing=async_save,
+        preservation_policy=policies.AnyPreservationPolicy(keep),
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, handler_registry=handler_registry())
+
+  def all_steps(self) -> list[int]:
+    """Committed steps, ascending."""
+    return committed_steps(self.directory)
+
+  def latest_step(self) -> int | None:
+    steps = self.all_steps()
+    return steps[-1] if steps else None
+
+  def wait(self) -> None:
+    """Blocks until every pending save is committed (re-raises its errors)."""
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+  def save(self, step: int, state: PyTree, *, data_state: dict,
+           metadata: dict, force: bool = False) -> None:
+    """Saves `state` (arrays, possibly sharded) with two JSON dicts at `step`.
+
+    Blocks for the finiteness check and digests (one pass over the state on
+    device) and the device-to-host copy; the write then finishes in the
+    background unless `async_save=False`. A step that is already saved is
+    skipped. Saving a step older than the latest needs `force=True` (e.g.
+    after rolling back).
+
+    Raises:
+      NonFiniteStateError: a leaf holds NaN or Inf; nothing is written.
+      CheckpointError: `step` is older than the latest and not `force`.
+      TypeError: data_state or metadata is not a JSON-serialisable dict.
+    """
+    step = int(step)
+    named, _ = tree_paths.flatten(state)
+    json_items = {DATA_STATE: data_state, METADATA: metadata}
+    for item, value in json_items.items():
+      _check_json(item, value)
+    checks = integrity.check_leaves(named)
+    bad = [name for name, (finite, _) in checks.items() if not finite]
+    if bad:
+      raise NonFiniteStateError(step, bad)
+    if not self._make_room(step, force):
+      return
+    record = integrity.make_record(named, checks, json_items)
+    args = ocp.args.Composite(**{
+        STATE: ocp.args.StandardSave(tree_paths.to_nested(named)),
+        DATA_STATE: ocp.args.JsonSave(data_state),
+        METADATA: ocp.args.JsonSave(metadata),
+        INTEGRITY: ocp.args.JsonSave(record)})
+    # _make_room did the checks; orbax's own save policy would compare with
+    # its cached step list, which can hold steps that are not committed.
+    self._manager.save(step, args=args, force=True)
+
+  def _make_room(self, step: int, force: bool) -> bool:
+    """Whether to write `step`; clears a stale directory in its way."""
+    if step in self._manager.all_steps():
+      self.wait()  # It may be our own save still in flight.
+    if step in self.all_steps():
+      logging.info("Step %d is already saved in %s; not saving it again.",
+                   step, self.directory)
+      return False
+    latest = self.latest_step()
+    if latest is not None and step < latest and not force:
+      raise CheckpointError(
+          f"Cannot save step {step}: '{self.directory}' already has the newer "
+          f"step {latest}. Pass force=True to save an older step (e.g. after "
+          "rolling back), or use a new directory.")
+    if (self.directory / str(step)).exists():
+      self._quarantine(step, "step directory without commit marker (left by "
+                       "an interrupted save)")
+    return True
+
+  def _quarantine(self, step: int, reason: str) -> None:
+    """Moves step `step` to `<directory>/corrupt/` (primary process)."""
+    if jax.process_index() == 0:
+      source = self.directory / str(step)
+      dest = self.directory / CORRUPT_DIR / f"{step}.{time.time_ns()}"
+      dest.parent.mkdir(parents=True, exist_ok=True)
+      source.rename(dest)
+      (dest / "REASON.txt").write_text(reason + "\n")
+      logging.warning("Moved checkpoint step %d to %s: %s", step, dest, reason)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"checkpoint_quarantine_{step}")
+    self._manager.reload()
+
+  def restore(self, abstract_state: PyTree, step: int | None = None, *,
+              partial: bool = False, fallback: PyTree | None = None
+              ) -> tuple[int, PyTree, dict, dict]:
+    """Restores a checkpoint onto the shardings of `abstract_state`.
+
+    Args:
+      abstract_state: pytree of jax.ShapeDtypeStruct (or arrays) with
+        `.sharding` set: the target structure, shapes, dtypes (saved leaves
+        are cast if they differ) and shardings (any mesh; resharding is done
+        on read).
+      step: the step to restore, or None for the newest good one. Corrupt
+        steps are skipped with a warning and moved to `corrupt/` only when
+        None; an explicit step that is corrupt raises.
+      partial: load only the leaves whose path and shape match (fine-tuning);
+        the others come from `fallback`.
+      fallback: with partial=True, a state (arrays) of the same structure as
+        `abstract_state`, e.g. the freshly initialised one.
+
+    Returns:
+      (step, state, data_state, metadata).
+
+    Raises:
+      CheckpointMismatchError: the tree differs from `abstract_state` (and
+        not `partial`, or nothing matches at all).
+      NoCheckpointError: no committed step, or none passed the checks.
+      CheckpointCorruptError: the explicitly requested step is corrupt.
+    """
+    step = None if step is None else int(step)
+    if partial and fallback is None:
+      raise ValueError("restore(partial=True) needs fallback=init_state to "
+                       "fill the leaves the checkpoint does not have.")
+    targets, treedef = tree_paths.flatten(abstract_state)
+    for name, target in targets.items():
+      if getattr(target, "sharding", None) is None:
+        raise ValueError(
+            f"abstract_state leaf '{name}' has no sharding; build it with "
+            "jax.ShapeDtypeStruct(shape, dtype, sharding=...).")
+    fallback_named = None
+    if partial:
+      fallback_named, fallback_def = tree_paths.flatten(fallback)
+      if fallback_def != treedef:
+        raise ValueError("fallback must have the tree structure of "
+                         f"abstract_state:\n{fallback_def}\nvs\n{treedef}")
+    self.wait()
+    steps = self.all_steps()
+    if step is not None and step not in steps:
+      raise NoCheckpointError(f"No committed checkpoint for step {step} in "
+                              f"'{self.directory}'; committed steps: {steps}.")
+    failures = []
+    for candidate in [step] if step is not None else reversed(steps):
+      try:
+        values, data_state, metadata = self._restore_step(
+            candidate, targets, fallback_named)
+      except CheckpointCorruptError as e:
+        if step is not None:
+          raise
+        logging.warning("%s. Falling back to an earlier checkpoint.", e)
+        failures.append(str(e))
+        self._quarantine(candidate, e.reason)
+        continue
+      state = tree_paths.unflatten(treedef, list(targets), values)
+      return candidate, state, data_state, metadata
+    raise NoCheckpointError(
+        f"No good checkpoint in '{self.directory}' (committed steps: {steps}). "
+        + " | ".join(failures))
+
+  def _restore_step(self, step: int, targets: dict[str, Any],
+                    fallback: dict[str, Any] | None
+                    ) -> tuple[dict[str, jax.Array], dict, dict]:
+    """Reads and checks one step; every process agrees on corruption."""
+    try:
+      out = restoring.read_step(self._manager, self.directory, step,
+                                targets, fallback)
+      error = None
+    except CheckpointCorruptError as e:
+      out, error = None, e
+    if not _all_processes(error is None):
+      raise error or CheckpointCorruptError(
+          step, "another process could not read it (see its log)")
+    return out

@@ -1,0 +1,155 @@
+"""Content digests and finiteness checks of the state, computed on device.
+
+At save time every leaf gets a 64-bit digest of its bits, recorded with its
+shape and dtype in the checkpoint's integrity record; restore recomputes the
+digests of what it read and compares.
+
+Why our own digest: orbax stores arrays as zstd-compressed zarr chunks without
+checksums, and a flipped byte in the middle of a data file decodes to wrong
+values without any error (tests/checkpoint/test_restoring.py shows it). The
+digest is computed under `jit` on the global (possibly sharded, multi-host)
+arrays, so no host gathers a full array, and it does not depend on sharding.
+
+The digest of a leaf is two sums mod 2^32 over its 32-bit words w_i:
+sum_i h(w_i, i). For fixed i each h is a bijection of w_i (xor/add of a key
+derived from i, odd multiplies, an xorshift), so changing any single element
+always changes both sums, moving elements changes them through the position
+keys, and random-looking wider damage is missed with probability ~2^-64.
+Integer sums wrap exactly and commute, so any sharding or reduction order
+gives the same result. It costs about one `isfinite` pass over the state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+FORMAT = 1
+_U = np.uint32
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafRecord:
+  shape: tuple[int, ...]
+  dtype: str
+  digest: str  # 16 hex digits.
+
+
+def _words(x: jax.Array) -> jax.Array:
+  """The bits of `x` as uint32 words, shape x.shape (+ (2,) for 64-bit)."""
+  if jnp.issubdtype(x.dtype, jnp.complexfloating):
+    x = jnp.stack([x.real, x.imag], axis=-1)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  size = x.dtype.itemsize
+  if size in (1, 2):
+    narrow = jnp.uint8 if size == 1 else jnp.uint16
+    return lax.bitcast_convert_type(x, narrow).astype(jnp.uint32)
+  if size in (4, 8):  # 8 bytes: bitcast adds a trailing axis of 2 words.
+    return lax.bitcast_convert_type(x, jnp.uint32)
+  raise TypeError(f"Cannot digest dtype {x.dtype}.")
+
+
+@jax.jit
+def _leaf_checks(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Returns (all finite: bool[], digest: uint32[2]) of one array."""
+  finite = (jnp.all(jnp.isfinite(x)) if jnp.issubdtype(x.dtype, jnp.inexact)
+            else jnp.array(True))
+  w = _words(x)
+  # Row-major flat index from per-axis iotas (no reshape, so it shards well).
+  index = jnp.zeros(w.shape, jnp.uint32)
+  for axis in range(w.ndim):
+    stride = int(np.prod(w.shape[axis + 1:])) & 0xFFFFFFFF
+    index = index + lax.broadcasted_iota(jnp.uint32, w.shape, axis) * _U(stride)
+  key = index * _U(0x9E3779B1)
+  h = (w ^ key) * _U(0x85EBCA6B)
+  h = (h ^ (h >> 15)) * _U(0xC2B2AE35)
+  g = (w + key) * _U(0x27D4EB2F)
+  g = (g ^ (g >> 13)) * _U(0x165667B1)
+  digest = jnp.stack([jnp.sum(h, dtype=jnp.uint32),
+                      jnp.sum(g, dtype=jnp.uint32)])
+  return finite, digest
+
+
+def check_leaves(named: Mapping[str, jax.Array]) -> dict[str, tuple[bool, str]]:
+  """{path: array} -> {path: (all finite, 16-hex-digit digest)}.
+
+  One jitted read of each leaf, compiled once per shape, dtype and sharding,
+  then one transfer of the small results. (A single jit over the whole tree
+  took 35 s to compile for a ViT-B train state on 2 CPU cores, and ran
+  slower.)
+  """
+  results = jax.device_get([_leaf_checks(x) for x in named.values()])
+  return {name: (bool(f), f"{int(d[0]):08x}{int(d[1]):08x}")
+          for name, (f, d) in zip(named, results)}
+
+
+def json_digest(obj: Any) -> str:
+  """Digest of a JSON value, equal before and after a JSON round trip."""
+  canonical = json.dumps(json.loads(json.dumps(obj)), sort_keys=True,
+                         separators=(",", ":"))
+  return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def make_record(named: Mapping[str, jax.Array],
+                checks: Mapping[str, tuple[bool, str]],
+                json_items: Mapping[str, Any]) -> dict[str, Any]:
+  """The integrity record (JSON) of a checkpoint."""
+  return {
+      "format": FORMAT,
+      "leaves": {n: {"shape": list(x.shape), "dtype": str(x.dtype),
+                     "digest": checks[n][1]} for n, x in named.items()},
+      "json": {k: json_digest(v) for k, v in json_items.items()},
+  }
+
+
+def parse_record(record: Any) -> tuple[dict[str, LeafRecord], dict[str, str]]:
+  """Returns ({path: LeafRecord}, {json item: digest}).
+
+  Raises:
+    ValueError: the record is malformed.
+  """
+  try:
+    if record["format"] != FORMAT:
+      raise ValueError(f"unknown integrity record format {record['format']!r}")
+    leaves = {n: LeafRecord(tuple(int(d) for d in r["shape"]), str(r["dtype"]),
+                            str(r["digest"]))
+              for n, r in record["leaves"].items()}
+    return leaves, {str(k): str(v) for k, v in record["json"].items()}
+  except (KeyError, TypeError, AttributeError) as e:
+    raise ValueError(f"malformed integrity record ({e!r})") from e
+
+
+def verify(leaves: Mapping[str, LeafRecord], json_digests: Mapping[str, str],
+           restored: Mapping[str, jax.Array],
+           json_items: Mapping[str, Any],
+           state_item: str = "state") -> list[tuple[str, str]]:
+  """Problems found in restored data, as (item name, message); [] if none.
+
+  Args:
+    leaves, json_digests: from `parse_record`.
+    restored: {path: array} as read back, in the saved dtype; may be a subset
+      of `leaves` (partial restore).
+    json_items: {item name: value} as read back.
+    state_item: the item name reported for array problems.
+  """
+  problems = []
+  for name, (finite, digest) in check_leaves(restored).items():
+    if not finite:
+      problems.append((state_item, f"leaf '{name}' has non-finite values"))
+    elif digest != leaves[name].digest:
+      problems.append((state_item, f"leaf '{name}' content digest {digest} != "
+                       f"recorded {leaves[name].digest}"))
+  for item, value in json_items.items():
+    if json_digest(value) != json_digests.get(item):
+      problems.append((item, f"'{item}' content digest {json_digest(value)} "
+                       f"!= recorded {json_digests.get(item)}"))
+  return problems
