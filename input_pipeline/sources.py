@@ -17,7 +17,7 @@ random examples that follow its real feature spec, with no files at all.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from absl import logging
@@ -180,3 +180,16 @@ def num_examples(name: str, split: str, data_dir: str | None = None) -> int:
   if _mock_num_examples is not None:
     return _mock_num_examples
   return _check_split(_builder(name, data_dir), name, split)
+
+
+def from_config(cfg: Mapping[str, Any]) -> Sequence[dict[str, Any]]:
+  """The source a `config.input.data` (or `config.evals.*.data`) describes.
+
+  Keys: name (TFDS name), split, data_dir.
+  """
+  config_lib.check_keys(cfg, ("name", "split", "data_dir"), "data")
+  if not cfg.get("name"):
+    raise config_lib.ConfigError(
+        "data.name is not set: name a TFDS dataset, e.g. 'sklearn_digits'.")
+  return get_source(cfg["name"], cfg.get("split", "train"),
+                    cfg.get("data_dir"))

@@ -1,0 +1,77 @@
+"""The train state and the pure, jit-able train step shared by all objectives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step reads and writes; checkpointed as one pytree."""
+  step: jax.Array              # int32 scalar: optimizer steps taken.
+  params: PyTree
+  opt_state: PyTree
+  model_state: PyTree          # Non-parameter collections, e.g. batch_stats.
+  nonfinite_streak: jax.Array  # int32: consecutive skipped non-finite steps.
+
+
+def create(variables: PyTree, tx: optax.GradientTransformation) -> TrainState:
+  """A fresh state from the model's (unboxed) variables."""
+  variables = dict(variables)
+  params = variables.pop("params")
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=tx.init(params), model_state=variables,
+                    nonfinite_streak=jnp.zeros((), jnp.int32))
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def make_train_step(loss_fn: Callable[..., Any],
+                    tx: optax.GradientTransformation,
+                    lr_fn: Callable[[jax.Array], jax.Array],
+                    base_rng: jax.Array
+                    ) -> Callable[[TrainState, PyTree], tuple[TrainState, dict]]:
+  """Returns `step(state, batch) -> (state, metrics)`, pure and jit-able.
+
+  `loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))`.
+  A step whose loss or gradient is not finite changes nothing but the step
+  counter and `nonfinite_streak`, and reports `train/nonfinite = 1`.
+  """
+
+  def step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(base_rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (metrics, model_state)), grads = grad_fn(
+        state.params, state.model_state, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    keep = lambda new, old: jax.tree.map(
+        lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        model_state=keep(model_state, state.model_state),
+        nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
+    metrics = dict(metrics)
+    metrics["train/grad_norm"] = optax.global_norm(grads)
+    metrics["train/lr"] = lr_fn(state.step)
+    metrics["train/nonfinite"] = 1 - finite.astype(jnp.int32)
+    metrics["train/nonfinite_streak"] = new_state.nonfinite_streak
+    return new_state, metrics
+
+  return step

@@ -1,0 +1,86 @@
+"""Helpers shared by config files: argument parsing and common pieces."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+from big_vision_like import config as config_lib
+
+
+def parse_arg(arg: str | None, **spec: Any) -> ml_collections.ConfigDict:
+  """Parses a config argument `"runlocal,variant=L/16"` against `spec`.
+
+  `spec` gives each allowed key with its default; a bare key means True. The
+  value's type follows the default's (bool, int, float, str).
+  """
+  result = ml_collections.ConfigDict(spec)
+  for item in filter(None, (arg or "").split(",")):
+    key, eq, value = item.partition("=")
+    if key not in spec:
+      raise config_lib.unknown_key_error(key, spec, "config argument")
+    if not eq:
+      result[key] = True
+      continue
+    default = spec[key]
+    if isinstance(default, bool):
+      result[key] = value.lower() in ("1", "true", "yes")
+    elif isinstance(default, (int, float)):
+      result[key] = type(default)(value)
+    else:
+      result[key] = value
+  return result
+
+
+def imagenet_pp(train: bool, *, crop: int = 224, randaug: str = "",
+                label_key: str = "label", smoothing: float = 0.0) -> str:
+  """big_vision's ImageNet preprocessing, train or eval flavour."""
+  off = smoothing / 1000
+  onehot = (f'onehot(1000, key="{label_key}", key_result="labels"'
+            + (f", on={1 - smoothing + off}, off={off})" if smoothing else ")"))
+  tail = f'|value_range(-1, 1)|{onehot}|keep("image", "labels")'
+  if train:
+    aug = f"|{randaug}" if randaug else ""
+    return f"decode_jpeg_and_inception_crop({crop})|flip_lr{aug}{tail}"
+  return f"decode|resize_small({crop * 8 // 7})|central_crop({crop}){tail}"
+
+
+def imagenet_evals(pp_eval: str, pp_real: str, *, every_steps: int,
+                   batch_size: int, runlocal: bool) -> dict[str, Any]:
+  """The ImageNet evaluation set: minival, val, ImageNet-v2 and ReaL."""
+  common = dict(type="classification", pp=pp_eval, batch_size=batch_size,
+                every_steps=every_steps)
+  small = "[:16]" if runlocal else ""
+  return {
+      "minival": {**common, "data": dict(name="imagenet2012",
+                                         split="train[99%:]" + small)},
+      "val": {**common, "data": dict(name="imagenet2012",
+                                     split="validation" + small)},
+      "v2": {**common, "data": dict(name="imagenet_v2", split="test" + small)},
+      "real": {**common, "pp": pp_real,
+               "data": dict(name="imagenet2012_real",
+                            split="validation" + small)},
+  }
+
+
+def runlocal(config: ml_collections.ConfigDict, *, crop: int = 224,
+             small_crop: int = 32) -> None:
+  """Smoke mode: a few steps on mock data of the real datasets' feature spec.
+
+  Keeps the model, optimizer and preprocessing; shrinks batch, steps and
+  image size (`crop` → `small_crop` in every pp spec) so it runs on a laptop.
+  """
+  config.mock_examples = 16
+  config.total_epochs = None
+  config.total_steps = 2
+  config.input.batch_size = 8
+  config.input.pp = config.input.pp.replace(f"({crop})", f"({small_crop})")
+  config.log_every_steps = 1
+  config.ckpt_every_steps = 2
+  config.schedule.warmup_steps = 1
+  for ev in config.evals.values():
+    ev.batch_size = 8
+    ev.every_steps = None
+    ev.pp = ev.pp.replace(f"({crop})", f"({small_crop})").replace(
+        f"({crop * 8 // 7})", f"({small_crop * 8 // 7})")

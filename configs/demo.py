@@ -1,0 +1,46 @@
+r"""The embedded default: a small ViT on scikit-learn's handwritten digits.
+
+  python main.py --config=configs/demo.py --workdir=workdirs/demo
+
+The dataset (1,797 8x8 digit images shipped inside scikit-learn) is built into
+a local TFDS dataset on first use, with no network. Expected: at least 97%
+top-1 on the 360-image test split in under 3 minutes on 2 CPU cores (see the
+README for the latest measured figure).
+Smoke mode (a few steps): `--config=configs/demo.py:runlocal`.
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, runlocal=False)
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_steps = 600
+  c.input = dict(
+      data=dict(name="sklearn_digits", split="train"),
+      pp=("decode|resize(16)|value_range(-1, 1)"
+          '|onehot(10, key="label", key_result="labels")|keep("image", "labels")'),
+      batch_size=128)
+  c.model_name = "vit"
+  c.model = dict(num_classes=10, width=128, depth=4, mlp_dim=512, num_heads=4,
+                 patch_size=(4, 4), pool_type="gap", posemb="learn")
+  c.loss = "softmax_xent"
+  c.optim = dict(name="adamw", lr=0.001, wd=0.0001, grad_clip_norm=1.0)
+  c.schedule = dict(warmup_steps=60, decay_type="cosine")
+  c.evals = dict(test=dict(
+      type="classification", data=dict(name="sklearn_digits", split="test"),
+      pp=("decode|resize(16)|value_range(-1, 1)"
+          '|onehot(10, key="label", key_result="labels")|keep("image", "labels")'),
+      batch_size=360, every_steps=200))
+  c.log_every_steps = 50
+  c.ckpt_every_steps = 200
+  if arg.runlocal:
+    c.total_steps = 4
+    c.log_every_steps = 1
+    c.ckpt_every_steps = 2
+    c.schedule.warmup_steps = 1
+    c.evals.test.every_steps = None
+  return c
