@@ -1,0 +1,321 @@
+"""ResNets: BiT's ResNet v2 (GroupNorm + weight standardisation) and the
+classic BatchNorm ResNet v1.5 of torchvision/timm.
+
+`BiT` names parameters as big_vision's bit_paper.py (root_block/conv_root,
+block{s}/unit{jj}/{gn1,conv1,...,conv_proj}, norm-pre-head, head), so the
+published BiT checkpoints converted by big_vision load without renaming.
+`ResNet` mirrors torchvision's names (conv1, bn1, layer{s}_{j}/{conv1,bn1,...,
+downsample_conv,downsample_bn}, head for fc) and keeps BatchNorm statistics
+in the "batch_stats" collection: apply it with mutable=["batch_stats"] when
+train=True.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from big_vision_like import config as config_lib
+from big_vision_like.models import common
+
+# Bottleneck units per stage.
+BIT_STAGES = {
+    26: (2, 2, 2, 2),  # From timm; about 75% on ImageNet.
+    50: (3, 4, 6, 3),
+    101: (3, 4, 23, 3),
+    152: (3, 8, 36, 3),
+    200: (3, 24, 36, 3),
+}
+# Units per stage and whether they are bottleneck units.
+RESNET_STAGES = {
+    18: ((2, 2, 2, 2), False),
+    34: ((3, 4, 6, 3), False),
+    50: ((3, 4, 6, 3), True),
+    101: ((3, 4, 23, 3), True),
+    152: ((3, 8, 36, 3), True),
+}
+_CONV_NAMES = (None, None, "conv_in", "conv_out")
+
+
+def _check_depth(depth: int, table: dict[int, Any], model: str) -> None:
+  if depth not in table:
+    raise config_lib.ConfigError(
+        f"Unknown {model} depth {depth!r}. Choose one of: "
+        f"{', '.join(map(str, sorted(table)))}.")
+
+
+def _head(num_classes: int, zeroinit: bool) -> nn.Dense:
+  kernel_init = (nn.initializers.zeros if zeroinit
+                 else nn.initializers.lecun_normal())
+  return nn.Dense(
+      num_classes, name="head",
+      kernel_init=common.partitioned(kernel_init, ("embed", "classes")),
+      bias_init=common.partitioned(nn.initializers.zeros, ("classes",)))
+
+
+def _standardize(x: jax.Array, axis: tuple[int, ...], eps: float) -> jax.Array:
+  x = x - jnp.mean(x, axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axis, keepdims=True)
+                           + eps)
+
+
+class StdConv(nn.Module):
+  """Bias-free convolution with a weight-standardised kernel, symmetric pad."""
+  features: int
+  kernel_size: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(n, h, w, c) -> (n, h / strides, w / strides, features)."""
+    k = self.kernel_size
+    kernel = self.param(
+        "kernel",
+        common.partitioned(nn.initializers.lecun_normal(), _CONV_NAMES),
+        (k, k, x.shape[-1], self.features))
+    kernel = _standardize(kernel, axis=(0, 1, 2), eps=1e-10)
+    pad = (k - 1) // 2
+    return jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype),
+        window_strides=(self.strides, self.strides),
+        padding=((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class GroupNorm(nn.Module):
+  """GroupNorm as BiT computes it; scale and bias have shape (1, 1, 1, c)."""
+  num_groups: int = 32
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(n, h, w, c) -> (n, h, w, c), statistics in float32."""
+    n, h, w, c = x.shape
+    y = x.astype(jnp.float32).reshape(n, h, w, self.num_groups, -1)
+    y = _standardize(y, axis=(1, 2, 4), eps=1e-5).reshape(n, h, w, c)
+    names = (None, None, None, "conv_out")
+    scale = self.param("scale", common.partitioned(nn.initializers.ones, names),
+                       (1, 1, 1, c))
+    bias = self.param("bias", common.partitioned(nn.initializers.zeros, names),
+                      (1, 1, 1, c))
+    return (y * scale + bias).astype(self.dtype)
+
+
+class BiTUnit(nn.Module):
+  """Pre-activation bottleneck unit of ResNet v2."""
+  nmid: int
+  strides: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(n, h, w, c) -> (n, h / strides, w / strides, 4 * nmid)."""
+    nout = 4 * self.nmid
+    residual = x
+    x = nn.relu(GroupNorm(dtype=self.dtype, name="gn1")(x))
+    if x.shape[-1] != nout or self.strides != 1:
+      residual = StdConv(nout, 1, self.strides, self.dtype,
+                         name="conv_proj")(x)
+    x = StdConv(self.nmid, 1, dtype=self.dtype, name="conv1")(x)
+    x = nn.relu(GroupNorm(dtype=self.dtype, name="gn2")(x))
+    x = StdConv(self.nmid, 3, self.strides, self.dtype, name="conv2")(x)
+    x = nn.relu(GroupNorm(dtype=self.dtype, name="gn3")(x))
+    x = StdConv(nout, 1, dtype=self.dtype, name="conv3")(x)
+    return x + residual
+
+
+class BiTRoot(nn.Module):
+  """7x7/2 weight-standardised conv, then 3x3/2 max-pool (no norm, no ReLU)."""
+  width: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(n, H, W, C) -> (n, H / 4, W / 4, width)."""
+    x = StdConv(self.width, 7, 2, self.dtype, name="conv_root")(x)
+    # Zero padding (not -inf) before the pool, as the original TF/PyTorch BiT
+    # code and timm do.
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+
+
+class BiTStage(nn.Module):
+  """`units` bottleneck units; the first one strides and projects."""
+  units: int
+  nmid: int
+  first_stride: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for j in range(self.units):
+      x = BiTUnit(self.nmid, self.first_stride if j == 0 else 1, self.dtype,
+                  name=f"unit{j + 1:02d}")(x)
+    return x
+
+
+class BiT(nn.Module):
+  """BiT ResNet v2 (arxiv.org/abs/1912.11370), e.g. BiT-M R50x1.
+
+  Attributes:
+    num_classes: head outputs; 0 means no head (logits = pre-logits).
+    depth: 26, 50, 101, 152 or 200.
+    width: channel multiplier (the "x1", "x3" of R50x3).
+    head_zeroinit: initialise the head kernel to zeros.
+    dtype: compute dtype name; parameters and logits stay float32.
+  """
+  num_classes: int = 0
+  depth: int = 50
+  width: float = 1
+  head_zeroinit: bool = True
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    _check_depth(self.depth, BIT_STAGES, "BiT")
+    common.compute_dtype(self.dtype)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, image: jax.Array, *, train: bool
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Images (n, H, W, C) -> (logits (n, num_classes), intermediates).
+
+    Intermediates: "stem" (n, H/4, W/4, 64w), "stage1".."stage4" (the last
+    (n, H/32, W/32, 2048w)), "pre_logits_2d", "pre_logits" (n, 2048w), "logits".
+    """
+    del train  # GroupNorm behaves the same in training and evaluation.
+    dtype = common.compute_dtype(self.dtype)
+    width = int(64 * self.width)
+    out = {}
+
+    x = out["stem"] = BiTRoot(width, dtype, name="root_block")(image)
+    for s, units in enumerate(BIT_STAGES[self.depth]):
+      x = out[f"stage{s + 1}"] = BiTStage(
+          units, width * 2**s, first_stride=1 if s == 0 else 2, dtype=dtype,
+          name=f"block{s + 1}")(x)
+
+    x = nn.relu(GroupNorm(dtype=dtype, name="norm-pre-head")(x))
+    x = out["pre_logits_2d"] = x.astype(jnp.float32)
+    x = out["pre_logits"] = jnp.mean(x, axis=(1, 2))
+    if self.num_classes:
+      x = _head(self.num_classes, self.head_zeroinit)(x)
+    out["logits"] = x
+    return x, out
+
+
+def _conv(features: int, k: int, strides: int, dtype: Any,
+          name: str) -> nn.Conv:
+  """Bias-free k x k conv, torch-style symmetric padding, Kaiming fan-out."""
+  init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+  pad = (k - 1) // 2
+  return nn.Conv(features, (k, k), (strides, strides),
+                 padding=((pad, pad), (pad, pad)), use_bias=False,
+                 dtype=dtype, name=name,
+                 kernel_init=common.partitioned(init, _CONV_NAMES))
+
+
+def _batch_norm(train: bool, dtype: Any, name: str,
+                zero_scale: bool = False) -> nn.BatchNorm:
+  """BatchNorm with torch's eps and momentum (0.1 in torch's convention)."""
+  scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
+  return nn.BatchNorm(
+      use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+      name=name, scale_init=common.partitioned(scale_init, ("conv_out",)),
+      bias_init=common.partitioned(nn.initializers.zeros, ("conv_out",)))
+
+
+class ResNetBlock(nn.Module):
+  """Post-activation residual unit of ResNet v1.5 (stride on the 3x3 conv).
+
+  Bottleneck: 1x1 (mid) -> 3x3 (mid, strided) -> 1x1 (4 * mid); basic (ResNet
+  18/34): 3x3 (mid, strided) -> 3x3 (mid). Each conv is followed by
+  BatchNorm; the sum with the (projected) shortcut goes through a ReLU.
+  """
+  nmid: int
+  strides: int = 1
+  bottleneck: bool = True
+  zero_init_last: bool = True
+  train: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """(n, h, w, c) -> (n, h / strides, w / strides, 4 * nmid or nmid)."""
+    nout = 4 * self.nmid if self.bottleneck else self.nmid
+    residual = x
+    if x.shape[-1] != nout or self.strides != 1:
+      residual = _conv(nout, 1, self.strides, self.dtype,
+                       "downsample_conv")(x)
+      residual = _batch_norm(self.train, self.dtype, "downsample_bn")(residual)
+
+    if self.bottleneck:
+      convs = ((self.nmid, 1, 1), (self.nmid, 3, self.strides), (nout, 1, 1))
+    else:
+      convs = ((self.nmid, 3, self.strides), (nout, 3, 1))
+    for i, (features, k, strides) in enumerate(convs, 1):
+      x = _conv(features, k, strides, self.dtype, f"conv{i}")(x)
+      x = _batch_norm(self.train, self.dtype, f"bn{i}",
+                      zero_scale=self.zero_init_last and i == len(convs))(x)
+      if i < len(convs):
+        x = nn.relu(x)
+    return nn.relu(x + residual)
+
+
+class ResNet(nn.Module):
+  """Classic BatchNorm ResNet v1.5 as in torchvision and timm (ResNet-50 ...).
+
+  Attributes:
+    num_classes: head outputs; 0 means no head (logits = pre-logits).
+    depth: 18, 34, 50, 101 or 152.
+    zero_init_last: zero-init the last BatchNorm scale of each unit (timm's
+      default; Goyal et al. 2017), so every unit starts as the identity.
+    head_zeroinit: initialise the head kernel to zeros.
+    dtype: compute dtype name; parameters and logits stay float32.
+  """
+  num_classes: int = 0
+  depth: int = 50
+  zero_init_last: bool = True
+  head_zeroinit: bool = True
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    _check_depth(self.depth, RESNET_STAGES, "ResNet")
+    common.compute_dtype(self.dtype)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, image: jax.Array, *, train: bool
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Images (n, H, W, C) -> (logits (n, num_classes), intermediates).
+
+    BatchNorm uses batch statistics (and updates "batch_stats") when `train`,
+    running statistics otherwise. Intermediates: "stem" (n, H/4, W/4, 64),
+    "stage1".."stage4", "pre_logits_2d", "pre_logits" (n, 2048 or 512),
+    "logits".
+    """
+    dtype = common.compute_dtype(self.dtype)
+    stages, bottleneck = RESNET_STAGES[self.depth]
+    out = {}
+
+    x = _conv(64, 7, 2, dtype, "conv1")(image)
+    x = nn.relu(_batch_norm(train, dtype, "bn1")(x))
+    x = out["stem"] = nn.max_pool(x, (3, 3), strides=(2, 2),
+                                  padding=((1, 1), (1, 1)))
+    for s, units in enumerate(stages):
+      for j in range(units):
+        x = ResNetBlock(
+            64 * 2**s, strides=2 if s > 0 and j == 0 else 1,
+            bottleneck=bottleneck, zero_init_last=self.zero_init_last,
+            train=train, dtype=dtype, name=f"layer{s + 1}_{j}")(x)
+      out[f"stage{s + 1}"] = x
+
+    x = out["pre_logits_2d"] = x.astype(jnp.float32)
+    x = out["pre_logits"] = jnp.mean(x, axis=(1, 2))
+    if self.num_classes:
+      x = _head(self.num_classes, self.head_zeroinit)(x)
+    out["logits"] = x
+    return x, out
