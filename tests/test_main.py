@@ -6,25 +6,10 @@ Each test runs `python main.py` in a subprocess, as a user would.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import subprocess
-import sys
 
-import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--config.model.width=32", "--config.model.depth=1",
         "--config.model.mlp_dim=64", "--config.model.num_heads=2"]
-
-
-def run_main(workdir, *args, data_dir, config="configs/demo.py:runlocal",
-             timeout=300):
-  env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
-  cmd = [sys.executable, "main.py", f"--config={config}",
-         f"--workdir={workdir}", *args]
-  return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=timeout)
 
 
 def read_metrics(workdir):
@@ -32,7 +17,8 @@ def read_metrics(workdir):
   return [json.loads(line) for line in lines]
 
 
-def test_demo_trains_writes_outputs_and_resumes(tmp_path, digits_data_dir):
+def test_demo_trains_writes_outputs_and_resumes(tmp_path, digits_data_dir,
+                                                run_main):
   workdir = tmp_path / "run"
   first = run_main(workdir, *TINY, "--config.total_steps=4",
                    data_dir=digits_data_dir)
@@ -57,8 +43,8 @@ def test_demo_trains_writes_outputs_and_resumes(tmp_path, digits_data_dir):
   assert max(steps) == 6 and 5 in steps
 
 
-def test_unknown_config_key_fails_naming_closest_key(tmp_path,
-                                                     digits_data_dir):
+def test_unknown_config_key_fails_naming_closest_key(tmp_path, digits_data_dir,
+                                                     run_main):
   result = run_main(tmp_path / "w", "--config.log_every_step=5",
                     data_dir=digits_data_dir)
   assert result.returncode == 2
@@ -66,15 +52,16 @@ def test_unknown_config_key_fails_naming_closest_key(tmp_path,
   assert "Did you mean 'log_every_steps'" in result.stderr
 
 
-def test_unknown_model_field_fails_naming_closest_field(tmp_path,
-                                                        digits_data_dir):
+def test_unknown_model_field_fails_naming_closest_field(
+    tmp_path, digits_data_dir, run_main):
   result = run_main(tmp_path / "w", "--config.model.widht=8",
                     data_dir=digits_data_dir)
   assert result.returncode == 2
   assert "Did you mean 'width'" in result.stderr
 
 
-def test_unknown_pp_op_fails_naming_closest_op(tmp_path, digits_data_dir):
+def test_unknown_pp_op_fails_naming_closest_op(tmp_path, digits_data_dir,
+                                               run_main):
   result = run_main(tmp_path / "w",
                     "--config.input.pp=decode|resise(16)|onehot(10)",
                     data_dir=digits_data_dir)
@@ -82,7 +69,8 @@ def test_unknown_pp_op_fails_naming_closest_op(tmp_path, digits_data_dir):
   assert "resise" in result.stderr and "resize" in result.stderr
 
 
-def test_workdir_that_is_a_file_fails_clearly(tmp_path, digits_data_dir):
+def test_workdir_that_is_a_file_fails_clearly(tmp_path, digits_data_dir,
+                                              run_main):
   workdir = tmp_path / "afile"
   workdir.write_text("not a directory")
   result = run_main(workdir, data_dir=digits_data_dir)
@@ -92,14 +80,15 @@ def test_workdir_that_is_a_file_fails_clearly(tmp_path, digits_data_dir):
 
 
 def test_dataset_not_prepared_locally_fails_fast_without_download(
-    tmp_path, digits_data_dir):
+    tmp_path, digits_data_dir, run_main):
   result = run_main(tmp_path / "w", "--config.input.data.name=cifar10",
                     data_dir=str(tmp_path / "empty_tfds"), timeout=120)
   assert result.returncode == 2
   assert "cifar10" in result.stderr and "tfds build" in result.stderr
 
 
-def test_missing_config_file_fails_clearly(tmp_path, digits_data_dir):
+def test_missing_config_file_fails_clearly(tmp_path, digits_data_dir,
+                                           run_main):
   result = run_main(tmp_path / "w", config="configs/nope.py",
                     data_dir=digits_data_dir)
   assert result.returncode == 2
