@@ -6,6 +6,7 @@ in big_vision_like/trainers/train.py (EXIT_*) and in the README.
 """
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app
@@ -43,15 +44,23 @@ def main(argv: list[str]) -> int:
   distributed.maybe_initialize()
   # Imported after initialisation: importing JAX-heavy modules is fine, but
   # nothing may touch devices before jax.distributed is set up.
+  import jax
   from big_vision_like.trainers import train
   try:
     config = config_lib.resolve(config_lib.load(FLAGS.config))
     config_lib.apply_overrides(config, _OVERRIDES)
-    return train.run(config, FLAGS.workdir)
+    code = train.run(config, FLAGS.workdir)
   except config_lib.ConfigError as e:
     logging.error("%s", e)
     print(f"Error: {e}", file=sys.stderr)
-    return train.EXIT_CONFIG
+    code = train.EXIT_CONFIG
+  if code != train.EXIT_DONE and jax.process_count() > 1:
+    # A failed process must not wait in jax's shutdown barrier while its
+    # peers wait for it in a step: exit now so the launcher stops them all.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  return code
 
 
 if __name__ == "__main__":

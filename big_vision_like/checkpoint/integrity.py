@@ -87,7 +87,10 @@ def check_leaves(named: Mapping[str, jax.Array]) -> dict[str, tuple[bool, str]]:
   took 35 s to compile for a ViT-B train state on 2 CPU cores, and ran
   slower.)
   """
-  results = jax.device_get([_leaf_checks(x) for x in named.values()])
+  # One program at a time: queuing many small cross-device reductions at once
+  # deadlocks XLA's CPU client (jaxlib 0.10.2) with several devices.
+  results = jax.device_get([jax.block_until_ready(_leaf_checks(x))
+                            for x in named.values()])
   return {name: (bool(f), f"{int(d[0]):08x}{int(d[1]):08x}")
           for name, (f, d) in zip(named, results)}
 
