@@ -84,7 +84,9 @@ def lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
 # Sections whose keys are checked here. The schemas of `model`, `optim`,
 # `schedule` and each `evals.<name>` belong to the code that consumes them and
 # are checked there, at start-up, before any step runs.
-_NESTED_DEFAULTS = ("input", "input.data", "mixing", "sharding")
+# `input.data` is checked by `input_pipeline.sources.from_config`: its keys
+# depend on data.kind.
+_NESTED_DEFAULTS = ("input", "mixing", "sharding")
 
 
 def defaults() -> "ml_collections.ConfigDict":
@@ -95,7 +97,7 @@ def defaults() -> "ml_collections.ConfigDict":
   c.total_steps = None       # Exactly one of total_steps / total_epochs.
   c.total_epochs = None
   c.input = dict(
-      data=dict(name=None, split="train", data_dir=None),
+      data={},               # The source: see input_pipeline.sources.
       pp=None,               # Preprocessing spec, e.g. "decode|resize(224)|...".
       batch_size=None,       # Global batch size, over all processes.
       num_threads=2,

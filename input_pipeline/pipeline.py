@@ -21,10 +21,9 @@ given it with `set_state` yields bitwise the same batches as an uninterrupted
 run.
 
 Speed. grain runs one local batch per element (`num_threads` batches at
-once), and the per-example pp function runs over the whole batch in one
-`tf.map_fn` call: a TF call per example costs far more than the pp itself on
-small images. Raw values whose first dim varies (multi-labels) are passed as
-RaggedTensors; other misfits fall back to one call per example.
+once), and the per-example pp function runs over the whole batch in one TF
+call (see `batch_pp`). Raw values whose first dim varies (multi-labels) are
+passed as RaggedTensors; other misfits fall back to one call per example.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from absl import logging
@@ -42,9 +41,11 @@ import numpy as np
 import tensorflow as tf
 
 from big_vision_like import config as config_lib
+from input_pipeline import batch_pp
+from input_pipeline.batch_pp import BatchPP
 
-Example = dict[str, Any]
-PPFn = Callable[[dict[str, tf.Tensor], tf.Tensor], dict[str, tf.Tensor]]
+Example = batch_pp.Example
+PPFn = batch_pp.PPFn
 
 # Records tried for one train slot before the data is declared broken.
 _MAX_ATTEMPTS = 100
@@ -73,92 +74,6 @@ def _read(source: Sequence[Example], records: Sequence[int]) -> list[Example]:
   if hasattr(source, "__getitems__"):  # TFDS sources read batches faster.
     return list(source.__getitems__(list(records)))
   return [source[r] for r in records]
-
-
-def _stack_leaf(*values: Any) -> np.ndarray:
-  if isinstance(values[0], (bytes, str)):
-    # An object array: numpy's fixed-width "S" dtype would drop trailing NULs.
-    stacked = np.empty(len(values), dtype=object)
-    stacked[:] = values
-    return stacked
-  return np.stack(values)
-
-
-def _stack(examples: Sequence[Any]) -> Any:
-  """Stacks a list of (nested dicts of) arrays; ValueError if shapes differ."""
-  return tf.nest.map_structure(_stack_leaf, *examples)
-
-
-def _stack_ragged_leaf(*values: Any) -> np.ndarray | tf.RaggedTensor:
-  try:
-    return _stack_leaf(*values)
-  except ValueError:
-    arrays = [np.asarray(v) for v in values]
-    if (min(a.ndim for a in arrays) == 0
-        or len({a.shape[1:] for a in arrays}) > 1):
-      raise
-    return tf.RaggedTensor.from_row_lengths(np.concatenate(arrays),
-                                            [len(a) for a in arrays])
-
-
-def _lists_as_arrays(example: Any) -> Any:
-  """Python lists (TFDS mocks of Sequence features) as numpy arrays."""
-  if isinstance(example, Mapping):
-    return {k: _lists_as_arrays(v) for k, v in example.items()}
-  return np.asarray(example) if isinstance(example, list) else example
-
-
-def _stack_inputs(examples: Sequence[Example]) -> Any:
-  """Like `_stack`, but values whose first dim varies (a list of labels, of
-  boxes) become RaggedTensors [n, None, ...]; ValueError for other misfits."""
-  return tf.nest.map_structure(_stack_ragged_leaf,
-                               *map(_lists_as_arrays, examples))
-
-
-class BatchPP:
-  """Runs a per-example pp function over lists of examples, numpy in and out."""
-
-  def __init__(self, pp_fn: PPFn, drop_keys: Sequence[str]):
-    def pp_kept(example, seed):
-      out = pp_fn(example, seed)
-      return {k: v for k, v in out.items() if k not in drop_keys}
-
-    def pp_batch(examples, seeds):
-      spec = tf.nest.map_structure(  # Of one example; ragged rows are dense.
-          lambda t: tf.TensorSpec(t.shape[1:], t.dtype), examples)
-      single = self._single.get_concrete_function(
-          spec, tf.TensorSpec([2], tf.int64))
-      out_spec = tf.nest.map_structure(
-          lambda t: tf.TensorSpec(t.shape, t.dtype), single.structured_outputs)
-      return tf.map_fn(lambda a: pp_kept(*a), (examples, seeds),
-                       fn_output_signature=out_spec)
-
-    self._single = tf.function(pp_kept)  # Only traced, for the output spec.
-    self._batch = tf.function(pp_batch, reduce_retracing=True)
-
-  def one(self, example: Example, seed: np.ndarray) -> Example:
-    """pp of one example; raises tf.errors.OpError on bad data.
-
-    Runs the batch graph on a batch of one, so that dtypes and values are
-    those of `batch`.
-    """
-    out = self.batch([example], np.asarray(seed)[None])
-    return tf.nest.map_structure(lambda x: x[0], out)
-
-  def batch(self, examples: Sequence[Example], seeds: np.ndarray) -> Example:
-    """pp of examples [n] with seeds [n, 2] into arrays [n, ...].
-
-    Raises tf.errors.OpError if some example is bad, ValueError if raw examples
-    (beyond their first dim) or outputs differ in shape (then use `one` per
-    example).
-    """
-    out = self._batch(_stack_inputs(examples),
-                      tf.convert_to_tensor(seeds, tf.int64))
-    return tf.nest.map_structure(lambda t: t.numpy(), out)
-
-
-def _error_line(error: tf.errors.OpError) -> str:
-  return f"{type(error).__name__}: {error.message.splitlines()[0]}"
 
 
 def _local_batch_size(global_batch_size: int, process_index: int,
@@ -245,12 +160,12 @@ class TrainIterator(Iterator[Example]):
           outputs.append(self._pp.one(example, seed))
           break
         except tf.errors.OpError as e:  # Bad data; Python errors (bugs) raise.
-          failures.append(Failure(record, position, _error_line(e)))
+          failures.append(Failure(record, position, batch_pp.error_line(e)))
       else:
         raise RuntimeError(
             f"Preprocessing failed on {_MAX_ATTEMPTS} records in a row, the "
             f"last: {failures[-1]}. The data or the pp spec is broken.")
-    return _stack(outputs), failures
+    return batch_pp.stack(outputs), failures
 
   def __next__(self) -> Example:
     batch, failures = next(self._iterator)
@@ -275,7 +190,8 @@ class TrainIterator(Iterator[Example]):
   def set_state(self, state: Mapping[str, Any]) -> None:
     """Continues exactly where the iterator that wrote `state` stopped."""
     for key, value in self._config.items():
-      if state.get(key) != value:
+      # Only process 0's state is saved; the position is the same on all.
+      if key != "process_index" and state.get(key) != value:
         raise config_lib.ConfigError(
             f"Cannot resume the train input pipeline: its state was saved with "
             f"{key}={state.get(key)!r}, this run has {key}={value!r}. Restore "
@@ -355,14 +271,14 @@ class EvalIterable:
           outputs.append(self._pp.one(example, seed))
         except tf.errors.OpError as e:  # Bad data; Python errors (bugs) raise.
           failures.append(Failure(int(records[i]), int(positions[i]),
-                                  _error_line(e)))
+                                  batch_pp.error_line(e)))
           outputs.append(None)
           mask[i] = False
       filler = next((o for o in outputs if o is not None), None)
       if filler is None:
         raise RuntimeError(f"Preprocessing failed on a whole eval batch, e.g. "
                            f"{failures[0]}. The data or the pp spec is broken.")
-      batch = _stack([filler if o is None else o for o in outputs])
+      batch = batch_pp.stack([filler if o is None else o for o in outputs])
     batch["_mask"] = mask
     return batch, failures
 

@@ -1,8 +1,25 @@
-"""Random-access data sources: TFDS datasets prepared locally, read with grain.
+"""Random-access data sources, chosen by `config.input.data` (`from_config`).
 
-`get_source` opens any TFDS dataset already prepared (in array_record format)
-under a data_dir, for any split syntax TFDS knows ("train", "train[:90%]",
-"train+validation"). Images come back still encoded (PNG/JPEG bytes) so that
+Every source has len() and [i] -> a dict: "image" (encoded bytes) and "label"
+(int) for classification, "image" and "text" (str) for image-text data.
+`from_config` picks the kind from `SOURCE_KINDS` by data.kind ("tfds" when
+unset) and passes the other keys of `data` to it as keyword arguments, whose
+defaults are in the signatures:
+
+  dict(name="imagenet2012", split="train[:99%]", data_dir=None)   # tfds
+  dict(kind="imagefolder", path="/data/pets", split="val", val_fraction=0.1)
+  dict(kind="image_text", path="/data/captions.csv", images_dir=None,
+       image_key="image", text_key="caption")
+  dict(kind="webdataset", path="/data/cc3m/{00000..00331}.tar")  # Or a glob.
+  dict(kind="mixture", sources=[dict(...), dict(...)], weights=[3, 1],
+       seed=0, length=None, source_key=None)
+
+Folders, captions and shards convert to TFDS datasets with
+`python -m input_pipeline.convert` (see there).
+
+TFDS. `get_source` opens any TFDS dataset already prepared (in array_record
+format) under a data_dir, for any split syntax TFDS knows ("train",
+"train[:90%]", "train+validation"). Images come back still encoded (PNG/JPEG bytes) so that
 the preprocessing op `decode` decodes them, as in big_vision.
 
 Nothing here downloads: a dataset that is not prepared fails at once with a
@@ -10,14 +27,16 @@ ConfigError that says how to prepare it. The one exception is the builders we
 ship (`LOCAL_BUILDERS`), which build offline from data inside installed
 packages on first use.
 
-`mock_data(n)` is the smoke-test mode: inside it every dataset yields `n`
-random examples that follow its real feature spec, with no files at all.
+`mock_data(n)` is the smoke-test mode: inside it every TFDS dataset yields
+`n` random examples that follow its real feature spec, with no files at all
+(the other kinds still read their files).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from absl import logging
@@ -25,6 +44,9 @@ import tensorflow_datasets as tfds
 
 from big_vision_like import config as config_lib
 from input_pipeline import digits
+from input_pipeline import folder
+from input_pipeline import image_text
+from input_pipeline import mixture
 
 # Builders we ship; built into data_dir on first use, with no network.
 LOCAL_BUILDERS = {
@@ -182,14 +204,75 @@ def num_examples(name: str, split: str, data_dir: str | None = None) -> int:
   return _check_split(_builder(name, data_dir), name, split)
 
 
+def tfds_source(name: str | None = None, split: str = "train",
+                data_dir: str | None = None) -> Sequence[dict[str, Any]]:
+  """kind="tfds": `get_source`, with an error when the name is not set."""
+  if not name:
+    raise config_lib.ConfigError(
+        "data.name is not set: name a TFDS dataset (e.g. 'sklearn_digits'), "
+        "or set data.kind to one of: "
+        f"{', '.join(sorted(k for k in SOURCE_KINDS if k != 'tfds'))}.")
+  return get_source(name, split, data_dir)
+
+
+def mixture_source(sources: Sequence[Mapping[str, Any]],
+                   weights: Sequence[float] | None = None, seed: int = 0,
+                   length: int | None = None, source_key: str | None = None
+                   ) -> mixture.Mixture:
+  """kind="mixture": each of `sources` is itself a `data` dict (any kind).
+
+  See `input_pipeline.mixture` for how weights map to sampling.
+  """
+  if isinstance(sources, (str, Mapping)) or not all(
+      isinstance(s, Mapping) for s in sources):
+    raise config_lib.ConfigError(
+        "data.sources of a mixture must be a list of data dicts, e.g. "
+        "[dict(name='cifar10'), dict(kind='imagefolder', path='/data/x')].")
+  return mixture.Mixture([from_config(s) for s in sources], weights,
+                         seed=seed, length=length, source_key=source_key)
+
+
+# data.kind -> the function or class that builds the source from the other
+# keys of `data` (its keyword arguments).
+SOURCE_KINDS: dict[str, Callable[..., Sequence[dict[str, Any]]]] = {
+    "tfds": tfds_source,
+    "imagefolder": folder.ImageFolder,
+    "image_text": image_text.ImageTextFiles,
+    "webdataset": image_text.WebDataset,
+    "mixture": mixture_source,
+}
+
+
+def _as_dict(cfg: Any) -> dict[str, Any]:
+  return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
 def from_config(cfg: Mapping[str, Any]) -> Sequence[dict[str, Any]]:
   """The source a `config.input.data` (or `config.evals.*.data`) describes.
 
-  Keys: name (TFDS name), split, data_dir.
+  Args:
+    cfg: "kind" (a key of `SOURCE_KINDS`, default "tfds") and the keyword
+      arguments of that kind's builder.
+
+  Returns:
+    A random-access source: len() and [i] -> dict of encoded image bytes and
+    numpy values / str.
+
+  Raises:
+    ConfigError: unknown kind or key (naming the closest valid one), a
+      required key missing, missing or empty files and folders.
   """
-  config_lib.check_keys(cfg, ("name", "split", "data_dir"), "data")
-  if not cfg.get("name"):
-    raise config_lib.ConfigError(
-        "data.name is not set: name a TFDS dataset, e.g. 'sklearn_digits'.")
-  return get_source(cfg["name"], cfg.get("split", "train"),
-                    cfg.get("data_dir"))
+  kwargs = _as_dict(cfg)
+  kind = kwargs.pop("kind", "tfds")
+  factory = config_lib.lookup(SOURCE_KINDS, kind, "data.kind")
+  names, _ = config_lib.accepted_kwargs(factory)
+  try:
+    config_lib.check_keys(kwargs, names | {"kind"}, "data")
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(f"{e} (With data.kind={kind!r}.)") from None
+  for param in inspect.signature(factory).parameters.values():
+    if param.default is param.empty and param.name not in kwargs:
+      raise config_lib.ConfigError(
+          f"data.{param.name} is not set; kind={kind!r} needs it. See "
+          f"{factory.__module__}.{factory.__qualname__}.")
+  return factory(**kwargs)
