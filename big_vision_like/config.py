@@ -120,6 +120,9 @@ def defaults() -> "ml_collections.ConfigDict":
   c.keep_ckpt_every_steps = None
   c.max_consecutive_nonfinite = 10
   c.allow_config_change = False
+  # Fine-tuning: dict(path=<workdir or checkpoints dir>, step=None,
+  # partial=False) loads params from another run when starting fresh.
+  c.init_from = None
   return c
 
 

@@ -1,4 +1,4 @@
-"""The train state and the pure, jit-able train step shared by all objectives."""
+"""The train state, and the pure jit-able train step shared by objectives."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ def create(variables: PyTree, tx: optax.GradientTransformation) -> TrainState:
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
+  """bool[]: whether every float leaf of `tree` is free of NaN and Inf."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
@@ -42,12 +43,19 @@ def make_train_step(loss_fn: Callable[..., Any],
                     tx: optax.GradientTransformation,
                     lr_fn: Callable[[jax.Array], jax.Array],
                     base_rng: jax.Array
-                    ) -> Callable[[TrainState, PyTree], tuple[TrainState, dict]]:
+                    ) -> Callable[[TrainState, PyTree],
+                                  tuple[TrainState, dict]]:
   """Returns `step(state, batch) -> (state, metrics)`, pure and jit-able.
 
   `loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))`.
-  A step whose loss or gradient is not finite changes nothing but the step
-  counter and `nonfinite_streak`, and reports `train/nonfinite = 1`.
+  The step's randomness is `fold_in(base_rng, state.step)`, so a resumed run
+  draws the same numbers as an uninterrupted one.
+
+  Non-finite steps: the update is kept only if the loss, the gradient norm
+  and every leaf of the new params, optimizer state and model state are
+  finite. Otherwise the step changes nothing but `step` and
+  `nonfinite_streak` (such steps in a row; the loop aborts past a limit) and
+  reports `train/nonfinite = 1`. So the state never holds NaN or Inf.
   """
 
   def step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict]:
@@ -55,10 +63,14 @@ def make_train_step(loss_fn: Callable[..., Any],
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (metrics, model_state)), grads = grad_fn(
         state.params, state.model_state, batch, rng)
+    # In float32: the squares of float16 gradients overflow too early.
+    grad_norm = optax.global_norm(
+        jax.tree.map(lambda g: g.astype(jnp.float32), grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
 
-    finite = jnp.isfinite(loss) & _all_finite(grads)
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & _all_finite((params, opt_state, model_state)))
     keep = lambda new, old: jax.tree.map(
         lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = TrainState(
@@ -68,7 +80,7 @@ def make_train_step(loss_fn: Callable[..., Any],
         model_state=keep(model_state, state.model_state),
         nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1))
     metrics = dict(metrics)
-    metrics["train/grad_norm"] = optax.global_norm(grads)
+    metrics["train/grad_norm"] = grad_norm
     metrics["train/lr"] = lr_fn(state.step)
     metrics["train/nonfinite"] = 1 - finite.astype(jnp.int32)
     metrics["train/nonfinite_streak"] = new_state.nonfinite_streak

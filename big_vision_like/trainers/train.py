@@ -1,21 +1,50 @@
 """The training loop, shared by every objective.
 
 Read top to bottom: config and workdir, mesh, data, model and optimizer,
-sharded state, step function, restore, evaluators, loop. What differs between
-supervised and contrastive training lives in `big_vision_like/objectives.py`.
+sharded state, restore, step function, evaluators, loop. What differs between
+supervised and contrastive training lives in `big_vision_like/objectives.py`;
+how a run starts (resume, or initialise, optionally from another run's
+weights: `config.init_from`) in `resume.py`, preemption notices in
+`preemption.py`, metric windows in `progress.py`.
+
+Fault tolerance:
+  * A checkpoint holds the train state, the input iterator's position and
+    metadata (config, versions, mesh); it restores onto any mesh. Resuming
+    gives bitwise the same parameters as an uninterrupted run: the data
+    order and every step's randomness are functions of the step.
+  * SIGTERM (a preemption notice), also during start-up, saves at the
+    current step, waits for the write and exits with EXIT_PREEMPTED; the
+    relaunch resumes there, losing no step. Multi-host, JAX's preemption
+    sync point makes every process save the same step.
+  * A crash (kill -9) loses the steps since the last committed checkpoint;
+    unfinished saves are never listed or restored, corrupt checkpoints are
+    skipped naming the reason (the Checkpointer's guarantees).
+  * A step with a non-finite loss or gradient leaves the state unchanged and
+    counts in `train/nonfinite_steps`; `config.max_consecutive_nonfinite`
+    in a row abort with EXIT_NONFINITE. No checkpoint holds NaN or Inf.
+  * Relaunching a finished run trains nothing and exits EXIT_DONE; one with
+    a different config is refused (`resume.check_relaunch`).
+
+Exit codes of `run` (and `main.py`), for launchers and schedulers:
+  0   EXIT_DONE        finished, or relaunched after finishing.
+  2   EXIT_CONFIG      bad config or input, or a relaunch with a different
+                       config; main.py returns it for ConfigError.
+  3   EXIT_NONFINITE   too many consecutive non-finite steps; fix the config
+                       (e.g. lower the learning rate) or the data and rerun.
+  4   EXIT_CHECKPOINT  no checkpoint could be written or restored, or it is
+                       of another model; the message says which.
+  42  EXIT_PREEMPTED   saved at the current step after SIGTERM: relaunch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import logging
 import math
 import os
-import signal
 import time
+from collections.abc import Mapping
 from typing import Any
-
-import logging
 
 import flax.linen as nn
 import jax
@@ -30,6 +59,9 @@ from big_vision_like import models
 from big_vision_like import objectives
 from big_vision_like import optim
 from big_vision_like import sharding
+from big_vision_like.trainers import preemption
+from big_vision_like.trainers import progress
+from big_vision_like.trainers import resume
 from big_vision_like.trainers import state as state_lib
 from input_pipeline import pipeline
 from input_pipeline import preprocess
@@ -39,33 +71,56 @@ from input_pipeline import sources
 # WARNING.
 log = logging.getLogger(__name__)
 
-# Exit codes of `main.py`; launchers and schedulers act on them.
-EXIT_DONE = 0          # Finished (or relaunched after finishing).
-EXIT_CONFIG = 2        # Bad config or input; nothing was trained.
-EXIT_NONFINITE = 3     # Too many consecutive non-finite steps; fix and rerun.
-EXIT_CHECKPOINT = 4    # No checkpoint could be written or restored.
-EXIT_PREEMPTED = 42    # Saved at the current step on SIGTERM: relaunch.
+EXIT_DONE = 0
+EXIT_CONFIG = 2
+EXIT_NONFINITE = 3
+EXIT_CHECKPOINT = 4
+EXIT_PREEMPTED = 42
+
+# Config keys of the loop that must be integers >= 1.
+_POSITIVE_KEYS = ("log_every_steps", "ckpt_every_steps",
+                  "max_consecutive_nonfinite")
 
 
-class _Preemption:
-  """Remembers a SIGTERM so the loop can save and exit between steps."""
+def run(config: ml_collections.ConfigDict, workdir: str) -> int:
+  """Trains and evaluates per `config`, checkpointing into `workdir`.
 
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+  Returns:
+    One of the EXIT_* codes (see the module docstring).
 
-  def _handle(self, signum, frame):
-    del signum, frame
-    self.requested = True
+  Raises:
+    ConfigError: a bad config or input (main.py maps it to EXIT_CONFIG).
+  """
+  config = config_lib.resolve(config)
+  _check_loop_keys(config)
+  mock = (sources.mock_data(config.mock_examples) if config.mock_examples
+          else contextlib.nullcontext())
+  try:
+    # `cleanup` closes the checkpointer (waiting for its saves), the metric
+    # writer and the input pipeline, while SIGTERM is still caught.
+    with (mock, preemption.Notice() as notice,
+          contextlib.ExitStack() as cleanup):
+      return _run(config, workdir, notice, cleanup)
+  except ckpt_lib.NonFiniteStateError as e:
+    log.error("%s", e)
+    return EXIT_NONFINITE
+  except ckpt_lib.CheckpointError as e:
+    log.error("Checkpoint failure: %s", e)
+    return EXIT_CHECKPOINT
 
-  def reached(self, step: int) -> bool:
-    if jax.process_count() > 1:  # All processes must stop at the same step.
-      from jax.experimental import multihost_utils
-      return multihost_utils.reached_preemption_sync_point(step)
-    return self.requested
 
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+def _check_loop_keys(config: ml_collections.ConfigDict) -> None:
+  for key in _POSITIVE_KEYS:
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise config_lib.ConfigError(
+          f"config.{key}={value!r}: it must be an integer >= 1.")
+  for key in ("total_steps", "total_epochs"):
+    value = config[key]
+    if value is not None and (not isinstance(value, (int, float))
+                              or isinstance(value, bool) or value <= 0):
+      raise config_lib.ConfigError(
+          f"config.{key}={value!r}: it must be a positive number.")
 
 
 def _check_workdir(workdir: str) -> None:
@@ -76,81 +131,30 @@ def _check_workdir(workdir: str) -> None:
   os.makedirs(workdir, exist_ok=True)
 
 
-def _metadata(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-              ) -> dict[str, Any]:
-  import flax
-  import optax
-  import orbax.checkpoint as ocp
-  return {
-      "config": json.loads(config.to_json_best_effort()),
-      "versions": {"jax": jax.__version__, "flax": flax.__version__,
-                   "optax": optax.__version__, "orbax": ocp.__version__},
-      "mesh": dict(mesh.shape),
-      "process_count": jax.process_count(),
-  }
-
-
-def _check_relaunch(config, workdir: str, ckpt: ckpt_lib.Checkpointer) -> None:
-  """Refuses to resume a run that was started with a different config."""
-  step = ckpt.latest_step()
-  if step is None or config.allow_config_change:
-    return
-  old = ckpt_lib.read_metadata(os.path.join(workdir, "checkpoints"), step)
-  old_cfg = dict(old.get("config", {}))
-  new_cfg = json.loads(config.to_json_best_effort())
-  ignore = ("allow_config_change",)
-  diff = sorted(k for k in set(old_cfg) | set(new_cfg)
-                if k not in ignore and old_cfg.get(k) != new_cfg.get(k))
-  if diff:
-    raise config_lib.ConfigError(
-        f"Workdir '{workdir}' holds a run with a different config (keys: "
-        f"{', '.join(diff)}). Use a new --workdir, or pass "
-        "--config.allow_config_change=True to resume it with the new config.")
-
-
-def _total_steps(config, num_train: int) -> int:
+def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   if config.total_steps is not None:
     return int(config.total_steps)
   return int(math.ceil(config.total_epochs * num_train /
                        config.input.batch_size))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Trains and evaluates per `config`, checkpointing into `workdir`.
-
-  Returns one of the EXIT_* codes.
-  """
-  config = config_lib.resolve(config)
-  mock = (sources.mock_data(config.mock_examples) if config.mock_examples
-          else contextlib.nullcontext())
-  with mock:
-    try:
-      return _run(config, workdir)
-    except ckpt_lib.NonFiniteStateError as e:
-      log.error("%s", e)
-      return EXIT_NONFINITE
-    except ckpt_lib.CheckpointError as e:
-      log.error("Checkpoint failure: %s", e)
-      return EXIT_CHECKPOINT
-
-
-def _run(config: ml_collections.ConfigDict, workdir: str) -> int:
+def _run(config: ml_collections.ConfigDict, workdir: str,
+         notice: preemption.Notice, cleanup: contextlib.ExitStack) -> int:
   # ------------------------------------------------------------ config, workdir
   _check_workdir(workdir)
   preprocess.validate(config.input.pp)
-  for name, ev in config.evals.items():
+  for ev in config.evals.values():
     if "pp" in ev:
       preprocess.validate(ev.pp)
   model = models.build(config.model_name, config.model)
   objective = objectives.build(config.objective, model, config)
-  is_main = jax.process_index() == 0
 
   # ----------------------------------------------------------------------- mesh
   mesh = sharding.make_mesh(config.mesh, config.dcn_mesh)
   rules = sharding.rules_preset(config.sharding.preset)
   data_sharding = sharding.data_sharding(mesh, rules)
   log.info("Mesh %s on %d devices, %d processes.", dict(mesh.shape),
-               jax.device_count(), jax.process_count())
+           jax.device_count(), jax.process_count())
 
   # ----------------------------------------------------------------------- data
   train_source = sources.from_config(config.input.data)
@@ -159,11 +163,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> int:
   batch_spec = pipeline.element_spec(train_source, pp_fn,
                                      config.input.batch_size)
   batch_spec = {k: batch_spec[k] for k in objective.input_keys}
-  train_iter = pipeline.make_train_iterator(
-      train_source, pp_fn, global_batch_size=config.input.batch_size,
-      seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_threads=config.input.num_threads,
-      prefetch=config.input.prefetch)
+  train_iter = cleanup.enter_context(contextlib.closing(
+      pipeline.make_train_iterator(
+          train_source, pp_fn, global_batch_size=config.input.batch_size,
+          seed=config.seed, process_index=jax.process_index(),
+          process_count=jax.process_count(),
+          num_threads=config.input.num_threads,
+          prefetch=config.input.prefetch)))
 
   # ------------------------------------------------------ model and optimizer
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
@@ -182,29 +188,29 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> int:
   state_shardings = sharding.state_shardings(
       abstract_vars, abstract_state, tx, mesh, rules,
       config.sharding.overrides)
-  # Initialisation runs outside `use_mesh`: out_shardings alone places the
-  # state, and flax's attention kernels fail their logical constraint at init
-  # when rules are active.
-  init_fn = jax.jit(init_state, out_shardings=state_shardings)
+  abstract_state = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract_state, state_shardings)
 
-  # -------------------------------------------------------------------- restore
-  ckpt = ckpt_lib.Checkpointer(
-      os.path.join(workdir, "checkpoints"), keep_last=config.keep_ckpts,
-      keep_every=config.keep_ckpt_every_steps)
-  _check_relaunch(config, workdir, ckpt)
+  # ----------------------------------------------------------------- restore
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  ckpt = cleanup.enter_context(contextlib.closing(ckpt_lib.Checkpointer(
+      ckpt_dir, keep_last=config.keep_ckpts,
+      keep_every=config.keep_ckpt_every_steps)))
+  resume.check_relaunch(config, ckpt_dir)
   if ckpt.latest_step() is not None:
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-        abstract_state, state_shardings)
-    step, state, data_state, _ = ckpt.restore(abstract)
+    step, state, data_state = resume.restore(ckpt, abstract_state)
     train_iter.set_state(data_state)
     log.info("Resumed from step %d.", step)
   else:
-    state = init_fn(init_rng)
-  step = int(state.step)
+    # Outside `use_mesh`: out_shardings alone places the state, and flax's
+    # attention kernels fail their logical constraint at init under rules.
+    state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+    if config.init_from:
+      state = resume.init_from(config.init_from, state, tx, state_shardings)
+    step = 0
   if step >= total_steps:
     log.info("Run already finished at step %d; nothing to do.", step)
-    ckpt.close()
     return EXIT_DONE
 
   with sharding.use_mesh(mesh, rules):
@@ -220,100 +226,88 @@ def _run(config: ml_collections.ConfigDict, workdir: str) -> int:
              for name, cfg in config.evals.items()}
 
     # --------------------------------------------------------------------- loop
-    writer = metric_writer.MetricWriter(workdir)
-    preemption = _Preemption()
-    try:
-      return _loop(config, state, step, total_steps, train_iter, train_step,
-                   data_sharding, objective, evals, ckpt, writer, preemption,
-                   _metadata(config, mesh), is_main)
-    finally:
-      preemption.restore()
-      ckpt.close()
-      writer.close()
+    writer = cleanup.enter_context(contextlib.closing(
+        metric_writer.MetricWriter(workdir)))
+    metadata = resume.metadata(config, mesh)
 
+    def save(at_step: int, state: state_lib.TrainState) -> None:
+      ckpt.save(at_step, state, data_state=train_iter.get_state(),
+                metadata=metadata)
 
-def _loop(config, state, step, total_steps, train_iter, train_step,
-          data_sharding, objective, evals, ckpt, writer, preemption, metadata,
-          is_main) -> int:
-  """Steps until `total_steps`, logging, evaluating and checkpointing."""
-  batch_size = config.input.batch_size
-  pending = None                      # (step, device metrics) of step t-1.
-  window = {"sums": {}, "n": 0, "data_wait": 0.0, "t0": time.perf_counter(),
-            "start_step": step}
+    def next_batch() -> dict[str, jax.Array]:
+      local = next(train_iter)
+      return pipeline.to_global({k: local[k] for k in objective.input_keys},
+                                data_sharding)
 
-  def save(at_step, force=False):
-    ckpt.save(at_step, state, data_state=train_iter.get_state(),
-              metadata=metadata, force=force)
-
-  def handle(done_step, metrics) -> int | None:
-    """Host side of step `done_step`, fetched once the next one is queued."""
-    metrics = jax.device_get(metrics)
-    for k, v in metrics.items():
-      window["sums"][k] = window["sums"].get(k, 0.0) + float(v)
-    window["n"] += 1
-    if int(metrics["train/nonfinite_streak"]) >= config.max_consecutive_nonfinite:
-      log.error("Step %d: %d consecutive non-finite losses or gradients; "
-                    "aborting. Lower the learning rate or check the data.",
-                    done_step, int(metrics["train/nonfinite_streak"]))
-      return EXIT_NONFINITE
-    if done_step % config.log_every_steps == 0 or done_step == total_steps:
-      _log_window(writer, window, done_step, total_steps, batch_size)
-    return None
-
-  while step < total_steps:
-    if preemption.reached(step):
-      log.warning("Preempted at step %d: saving and exiting.", step)
-      save(step, force=True)
-      ckpt.wait()
-      return EXIT_PREEMPTED
-    t = time.perf_counter()
-    local = next(train_iter)
-    window["data_wait"] += time.perf_counter() - t
-    batch = pipeline.to_global({k: local[k] for k in objective.input_keys},
-                               data_sharding)
-    state, metrics = train_step(state, batch)
-    step += 1
-    if pending is not None and (code := handle(*pending)) is not None:
+    window = progress.Window(writer, step, total_steps, config.input.batch_size)
+    pending = None  # (step, device metrics) of the previous step.
+    while step < total_steps:
+      if notice.reached(step):
+        if (code := _finish_step(pending, window, config)) is not None:
+          return code
+        log.warning("Preempted at step %d: saving, then exiting with %d.",
+                    step, EXIT_PREEMPTED)
+        window.flush(step)
+        save(step, state)
+        ckpt.wait()
+        return EXIT_PREEMPTED
+      t = time.perf_counter()
+      batch = next_batch()
+      window.data_wait += time.perf_counter() - t
+      state, metrics = train_step(state, batch)
+      step += 1
+      # Step t-1's metrics come to the host once step t is queued.
+      if (code := _finish_step(pending, window, config)) is not None:
+        return code
+      pending = (step, metrics)
+      if step % config.ckpt_every_steps == 0 or step == total_steps:
+        save(step, state)
+      for name, evaluator in evals.items():
+        every = evaluator.every_steps
+        if step == total_steps or (every and step % every == 0):
+          _evaluate(name, evaluator, state, step, writer,
+                    final=step == total_steps)
+    if (code := _finish_step(pending, window, config)) is not None:
       return code
-    pending = (step, metrics)
-    if step % config.ckpt_every_steps == 0 or step == total_steps:
-      save(step)
-    for name, evaluator in evals.items():
-      every = evaluator.every_steps
-      if step == total_steps or (every and step % every == 0):
-        results = evaluator.run(state.params, state.model_state)
-        writer.write(step, {f"{name}/{k}": v for k, v in results.items()})
-        log.info("Step %d %s: %s", step, name, ", ".join(
-            f"{k}={v:.4f}" for k, v in results.items()))
-        if is_main and step == total_steps and "prec@1" in results:
-          print(f"Final {name} accuracy (prec@1): {results['prec@1']:.4f}",
-                flush=True)
-  if pending is not None and (code := handle(*pending)) is not None:
-    return code
-  ckpt.wait()
-  return EXIT_DONE
+    ckpt.wait()
+    return EXIT_DONE
 
 
-def _log_window(writer, window, step, total_steps, batch_size) -> None:
-  """Writes averages over the steps since the last log line, then resets."""
-  n = max(window["n"], 1)
-  elapsed = time.perf_counter() - window["t0"]
-  steps = step - window["start_step"]
-  scalars = {k: v / n for k, v in window["sums"].items()
-             if k not in ("train/nonfinite", "train/nonfinite_streak")}
-  scalars["train/nonfinite_steps"] = window["sums"].get("train/nonfinite", 0.0)
-  if steps > 0 and elapsed > 0:
-    scalars["train/images_per_sec"] = steps * batch_size / elapsed
-    scalars["train/data_wait_frac"] = window["data_wait"] / elapsed
-    eta = (total_steps - step) * elapsed / steps
-  else:
-    eta = float("nan")
-  writer.write(step, scalars)
-  eta_txt = (time.strftime("%H:%M:%S", time.gmtime(eta))
-             if math.isfinite(eta) else "?")
-  log.info("Step %d/%d | loss %.4f | %.0f img/s | data wait %.1f%% | ETA %s",
-               step, total_steps, scalars.get("train/loss", float("nan")),
-               scalars.get("train/images_per_sec", 0.0),
-               100 * scalars.get("train/data_wait_frac", 0.0), eta_txt)
-  window.update(sums={}, n=0, data_wait=0.0, t0=time.perf_counter(),
-                start_step=step)
+def _finish_step(pending: tuple[int, Mapping[str, jax.Array]] | None,
+                 window: progress.Window, config: ml_collections.ConfigDict
+                 ) -> int | None:
+  """Host side of a finished step: metrics, logging, the non-finite limit.
+
+  Returns EXIT_NONFINITE if the step ended `max_consecutive_nonfinite`
+  non-finite steps in a row, else None.
+  """
+  if pending is None:
+    return None
+  step, metrics = pending
+  metrics = jax.device_get(metrics)
+  window.add(metrics)
+  streak = int(metrics["train/nonfinite_streak"])
+  if streak >= config.max_consecutive_nonfinite:
+    window.flush(step)
+    log.error("Step %d: %d consecutive steps with a non-finite loss or "
+              "gradient (config.max_consecutive_nonfinite=%d); aborting. The "
+              "checkpoints hold the last finite state. Lower the learning "
+              "rate or check the data, then relaunch (with "
+              "--config.allow_config_change=True to resume this run).", step,
+              streak, config.max_consecutive_nonfinite)
+    return EXIT_NONFINITE
+  if step % config.log_every_steps == 0 or step == window.total_steps:
+    window.flush(step)
+  return None
+
+
+def _evaluate(name: str, evaluator: Any, state: state_lib.TrainState,
+              step: int, writer: metric_writer.MetricWriter,
+              final: bool) -> None:
+  results = evaluator.run(state.params, state.model_state)
+  writer.write(step, {f"{name}/{k}": v for k, v in results.items()})
+  log.info("Step %d %s: %s", step, name, ", ".join(
+      f"{k}={v:.4f}" for k, v in results.items()))
+  if final and jax.process_index() == 0 and "prec@1" in results:
+    print(f"Final {name} accuracy (prec@1): {results['prec@1']:.4f}",
+          flush=True)

@@ -1,0 +1,217 @@
+"""Starting a run: resume from the workdir, or initialise, optionally from
+another run's weights.
+
+  * `check_relaunch`: a workdir belongs to one config. Relaunching it with a
+    different one is refused (ConfigError), except for the keys in
+    `MAY_CHANGE`, which change how the run is executed or watched but not
+    what it computes, or with `config.allow_config_change=True`.
+  * `restore`: the newest good checkpoint (the Checkpointer skips corrupt
+    ones, naming the reason) onto the current mesh, whatever mesh wrote it.
+    A checkpoint of a different model fails listing the differing leaves.
+  * `init_from`: fine-tuning. `config.init_from = dict(path=..., step=None,
+    partial=False)` loads the params and model state (not the optimizer
+    state or step) of another run when this workdir has no checkpoint yet:
+      path     that run's workdir, or its checkpoints directory; point it at
+               a finished run (opening it cleans up unfinished saves).
+      step     the checkpoint step; None: the newest.
+      partial  False: the checkpoint must hold exactly this model's leaves.
+               True: load the leaves whose path and shape match, keep the
+               fresh initialisation of the others (e.g. a new head), and log
+               both lists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from big_vision_like import checkpoint as ckpt_lib
+from big_vision_like import config as config_lib
+from big_vision_like.trainers import state as state_lib
+
+log = logging.getLogger(__name__)
+
+# Config keys a relaunch may change without allow_config_change (prefixes of
+# dotted keys).
+MAY_CHANGE = (
+    "allow_config_change", "mesh", "dcn_mesh", "sharding", "evals",
+    "log_every_steps", "ckpt_every_steps", "keep_ckpts",
+    "keep_ckpt_every_steps", "max_consecutive_nonfinite", "init_from",
+    "input.num_threads", "input.prefetch", "input.data.data_dir")
+INIT_FROM_DEFAULTS = {"path": None, "step": None, "partial": False}
+_SHOWN = 20  # Differences listed in an error message.
+
+
+def metadata(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+             ) -> dict[str, Any]:
+  """What a checkpoint records besides the state: config, versions, mesh."""
+  return {
+      "config": json.loads(config.to_json_best_effort()),
+      "versions": {"jax": jax.__version__, "flax": flax.__version__,
+                   "optax": optax.__version__, "orbax": ocp.__version__,
+                   "numpy": np.__version__},
+      "mesh": dict(mesh.shape),
+      "device_count": jax.device_count(),
+      "process_count": jax.process_count(),
+  }
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+  """{"a": {"b": 1}} -> {"a.b": 1}; empty dicts and lists are values."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping) and value:
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]
+                ) -> dict[str, tuple[Any, Any]]:
+  """{dotted key: (old value, new value)} for keys that differ, except
+  `MAY_CHANGE`. Configs are JSON dicts (missing keys count as None)."""
+  old, new = _flatten(old), _flatten(new)
+  free = lambda k: any(k == p or k.startswith(p + ".") for p in MAY_CHANGE)
+  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if not free(k) and old.get(k) != new.get(k)}
+
+
+def check_relaunch(config: ml_collections.ConfigDict, directory: str) -> None:
+  """Refuses to resume the run in `directory` with a different config.
+
+  Raises:
+    ConfigError: the newest readable checkpoint metadata holds a config that
+      differs in some key outside `MAY_CHANGE`, and not allow_config_change.
+  """
+  if config.allow_config_change or not ckpt_lib.committed_steps(directory):
+    return
+  old = ckpt_lib.read_metadata(directory).get("config", {})
+  diff = config_diff(old, json.loads(config.to_json_best_effort()))
+  if diff:
+    shown = "; ".join(f"{k}: {a!r} -> {b!r}"
+                      for k, (a, b) in list(diff.items())[:_SHOWN])
+    raise config_lib.ConfigError(
+        f"The checkpoints in '{directory}' were written with a different "
+        f"config ({len(diff)} keys differ: {shown}). Use a new --workdir, or "
+        "pass --config.allow_config_change=True to resume this run with the "
+        "new config.")
+
+
+def _params_first(names: Any) -> list[str]:
+  """Sorted leaf paths, the params first (optimizer state mirrors them)."""
+  return sorted(names, key=lambda n: (not n.startswith("params/"), n))
+
+
+def _differences(missing: list[str], unexpected: list[str],
+                 shapes: Mapping[str, tuple[Any, Any]]) -> str:
+  """The lines of an error message listing the leaves that differ."""
+  lines = []
+  for title, names in (("in the model, not in the checkpoint", missing),
+                       ("in the checkpoint, not in the model", unexpected)):
+    if names:
+      more = f" (and {len(names) - _SHOWN} more)" if len(names) > _SHOWN else ""
+      lines.append(f"  {title} ({len(names)}): "
+                   + ", ".join(_params_first(names)[:_SHOWN]) + more)
+  for name in _params_first(shapes)[:_SHOWN]:
+    saved, target = shapes[name]
+    lines.append(f"  shape of {name}: checkpoint {tuple(saved)}, model "
+                 f"{tuple(target)}")
+  if len(shapes) > _SHOWN:
+    lines.append(f"  (and {len(shapes) - _SHOWN} more shape differences)")
+  return "\n".join(lines)
+
+
+def restore(ckpt: ckpt_lib.Checkpointer, abstract_state: state_lib.TrainState
+            ) -> tuple[int, state_lib.TrainState, dict]:
+  """(step, state, data_state) of the newest good checkpoint in `ckpt`.
+
+  Raises:
+    CheckpointError: the checkpoint is of another model or optimizer (the
+      message lists the differing leaves), or none is readable.
+  """
+  try:
+    step, state, data_state, _ = ckpt.restore(abstract_state)
+  except ckpt_lib.CheckpointMismatchError as e:
+    raise ckpt_lib.CheckpointError(
+        f"Checkpoint step {e.step} in '{ckpt.directory}' does not fit this "
+        "model and optimizer:\n"
+        + _differences(e.missing, e.unexpected, e.shape_mismatches)
+        + "\nResume with the config that wrote it, or use a new --workdir "
+        "(to start from these weights: config.init_from=dict(path=..., "
+        "partial=True)).") from e
+  return step, state, data_state
+
+
+def _checkpoint_dir(path: str) -> str:
+  nested = f"{path.rstrip('/')}/checkpoints"
+  return nested if ckpt_lib.committed_steps(nested) else path
+
+
+def init_from(cfg: Mapping[str, Any], state: state_lib.TrainState,
+              tx: optax.GradientTransformation, state_shardings: Any
+              ) -> state_lib.TrainState:
+  """`state` with params and model state loaded from another run.
+
+  The optimizer state is made afresh for the loaded params; the step stays 0.
+  See the module docstring for `cfg`.
+
+  Raises:
+    ConfigError: bad keys, no checkpoint at `path`, or (partial=False) a
+      checkpoint whose leaves differ from the model's, listing them.
+    CheckpointError: the checkpoint cannot be read.
+  """
+  config_lib.check_keys(cfg, INIT_FROM_DEFAULTS, "config.init_from")
+  cfg = {**INIT_FROM_DEFAULTS, **cfg}
+  if not cfg["path"]:
+    raise config_lib.ConfigError(
+        "config.init_from.path is not set: give the workdir (or checkpoints "
+        "directory) of the run whose weights to load.")
+  directory = _checkpoint_dir(str(cfg["path"]))
+  steps = ckpt_lib.committed_steps(directory)
+  if not steps:
+    raise config_lib.ConfigError(
+        f"config.init_from.path: no checkpoint in '{cfg['path']}' (nor in "
+        "its checkpoints/ directory).")
+  step = steps[-1] if cfg["step"] is None else int(cfg["step"])
+  # Only what a model is made of; the checkpoint also holds opt_state etc.
+  wanted = {"params": state.params, "model_state": state.model_state}
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      wanted)
+  source = ckpt_lib.Checkpointer(directory)
+  try:
+    try:  # Fails before reading any array if the trees differ.
+      loaded = source.restore(abstract, step=step)[1]
+      missing, unused, shapes = [], [], {}
+    except ckpt_lib.CheckpointMismatchError as e:
+      missing, shapes = e.missing, e.shape_mismatches
+      unused = [n for n in e.unexpected if n.split("/")[0] in wanted]
+      loaded = None
+    if missing or unused or shapes:
+      differences = _differences(missing, unused, shapes)
+      if not cfg["partial"]:
+        raise config_lib.ConfigError(
+            f"config.init_from: step {step} in '{directory}' does not fit "
+            f"the model:\n{differences}\nSet config.init_from.partial=True "
+            "to load only the leaves that match (fine-tuning).")
+      log.warning("init_from step %d of %s, partially; leaves not loaded:\n%s",
+                  step, directory, differences)
+    if loaded is None:
+      loaded = source.restore(abstract, step=step, partial=True,
+                              fallback=wanted)[1]
+  finally:
+    source.close()
+  log.info("Initialised the model from step %d of %s.", step, directory)
+  create = lambda p, s: state_lib.create({"params": p, **s}, tx)
+  return jax.jit(create, out_shardings=state_shardings)(
+      loaded["params"], loaded["model_state"])
