@@ -18,7 +18,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, runlocal=False)
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.total_steps = 600
+  c.total_steps = 500
   c.input = dict(
       data=dict(name="sklearn_digits", split="train"),
       pp=("decode|resize(16)|value_range(-1, 1)"
@@ -29,14 +29,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  patch_size=(4, 4), pool_type="gap", posemb="learn")
   c.loss = "softmax_xent"
   c.optim = dict(name="adamw", lr=0.001, wd=0.0001, grad_clip_norm=1.0)
-  c.schedule = dict(warmup_steps=60, decay_type="cosine")
+  c.schedule = dict(warmup_steps=50, decay_type="cosine")
   c.evals = dict(test=dict(
       type="classification", data=dict(name="sklearn_digits", split="test"),
       pp=("decode|resize(16)|value_range(-1, 1)"
           '|onehot(10, key="label", key_result="labels")|keep("image", "labels")'),
-      batch_size=360, every_steps=200))
+      batch_size=360, every_steps=250))
   c.log_every_steps = 50
-  c.ckpt_every_steps = 200
+  c.ckpt_every_steps = 250
   if arg.runlocal:
     c.total_steps = 4
     c.log_every_steps = 1
