@@ -13,15 +13,16 @@ images) over TF's intra-op pool, which cost about 30% more CPU per image
 while the pipeline's own threads already keep every core busy (measured with
 benchmarks/input_bench.py). A feed takes one batch at a time through a TF
 FIFO queue; after a bad record's error the feed goes on with the next batch.
-Feeds are pooled per input signature (keys, dtypes, ranks, raggedness), one
-per concurrent caller, and share one traced batch function.
+Feeds are pooled per input signature (keys, dtypes, shapes but the batch
+size, raggedness), one per concurrent caller, and share one traced batch
+function.
 """
 
 from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -79,15 +80,16 @@ def stack_inputs(examples: Sequence[Example]) -> Any:
                                *map(_lists_as_arrays, examples))
 
 
-def _relaxed_spec(value: Any) -> tf.TypeSpec:
-  """The spec of a stacked input with every dim unknown (one feed serves all
-  batch sizes and image sizes)."""
+def _batch_spec(value: Any) -> tf.TypeSpec:
+  """The spec of a stacked input with an unknown batch size (so that one
+  feed serves every batch size); the other dims stay as they are, since pp
+  ops may read static shapes."""
   if isinstance(value, tf.RaggedTensor):
-    return tf.RaggedTensorSpec([None] * value.shape.rank, value.dtype,
+    return tf.RaggedTensorSpec([None, *value.shape[1:]], value.dtype,
                                value.ragged_rank, value.row_splits.dtype)
   value = np.asarray(value)
   dtype = tf.string if value.dtype == object else tf.as_dtype(value.dtype)
-  return tf.TensorSpec([None] * value.ndim, dtype)
+  return tf.TensorSpec([None, *value.shape[1:]], dtype)
 
 
 _SEED_SPEC = tf.TensorSpec([None, 2], tf.int64)
@@ -172,8 +174,8 @@ class BatchPP:
     example).
     """
     inputs = stack_inputs(examples)
-    input_spec = tf.nest.map_structure(_relaxed_spec, inputs)
-    key = repr(input_spec)  # Keys, dtypes, ranks and raggedness.
+    input_spec = tf.nest.map_structure(_batch_spec, inputs)
+    key = repr(input_spec)  # Keys, dtypes, shapes and raggedness.
     with self._lock:
       idle = self._idle[key]
       feed = idle.pop() if idle else None

@@ -19,8 +19,8 @@ Folders, captions and shards convert to TFDS datasets with
 
 TFDS. `get_source` opens any TFDS dataset already prepared (in array_record
 format) under a data_dir, for any split syntax TFDS knows ("train",
-"train[:90%]", "train+validation"). Images come back still encoded (PNG/JPEG bytes) so that
-the preprocessing op `decode` decodes them, as in big_vision.
+"train[:90%]", "train+validation"). Images come back still encoded (PNG/JPEG
+bytes) so that the preprocessing op `decode` decodes them, as in big_vision.
 
 Nothing here downloads: a dataset that is not prepared fails at once with a
 ConfigError that says how to prepare it. The one exception is the builders we
