@@ -100,8 +100,9 @@ def defaults() -> "ml_collections.ConfigDict":
       data={},               # The source: see input_pipeline.sources.
       pp=None,               # Preprocessing spec, e.g. "decode|resize(224)|...".
       batch_size=None,       # Global batch size, over all processes.
-      num_threads=2,
-      prefetch=2)
+      num_threads=2,         # Threads preprocessing batches.
+      prefetch=2,            # Batches preprocessed ahead.
+      prefetch_to_device=2)  # Batches copied to the devices ahead (0: none).
   c.mock_examples = 0        # >0: smoke mode on mock data of the real spec.
   c.model_name = None        # A key of big_vision_like.models.MODELS.
   c.model = {}

@@ -64,6 +64,7 @@ from big_vision_like.trainers import progress
 from big_vision_like.trainers import resume
 from big_vision_like.trainers import state as state_lib
 from input_pipeline import pipeline
+from input_pipeline import prefetch
 from input_pipeline import preprocess
 from input_pipeline import sources
 
@@ -163,13 +164,19 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   batch_spec = pipeline.element_spec(train_source, pp_fn,
                                      config.input.batch_size)
   batch_spec = {k: batch_spec[k] for k in objective.input_keys}
+  # Batches arrive as global arrays on `data_sharding`, prepared and copied
+  # ahead in a thread; the iterator's state is that of the last one taken.
   train_iter = cleanup.enter_context(contextlib.closing(
-      pipeline.make_train_iterator(
-          train_source, pp_fn, global_batch_size=config.input.batch_size,
-          seed=config.seed, process_index=jax.process_index(),
-          process_count=jax.process_count(),
-          num_threads=config.input.num_threads,
-          prefetch=config.input.prefetch)))
+      prefetch.DevicePrefetch(
+          pipeline.make_train_iterator(
+              train_source, pp_fn, global_batch_size=config.input.batch_size,
+              seed=config.seed, process_index=jax.process_index(),
+              process_count=jax.process_count(),
+              num_threads=config.input.num_threads,
+              prefetch=config.input.prefetch),
+          lambda local: pipeline.to_global(
+              {k: local[k] for k in objective.input_keys}, data_sharding),
+          size=config.input.prefetch_to_device)))
 
   # ------------------------------------------------------ model and optimizer
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
@@ -234,11 +241,6 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       ckpt.save(at_step, state, data_state=train_iter.get_state(),
                 metadata=metadata)
 
-    def next_batch() -> dict[str, jax.Array]:
-      local = next(train_iter)
-      return pipeline.to_global({k: local[k] for k in objective.input_keys},
-                                data_sharding)
-
     window = progress.Window(writer, step, total_steps, config.input.batch_size)
     pending = None  # (step, device metrics) of the previous step.
     while step < total_steps:
@@ -252,8 +254,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
         ckpt.wait()
         return EXIT_PREEMPTED
       t = time.perf_counter()
-      batch = next_batch()
+      batch = next(train_iter)
       window.data_wait += time.perf_counter() - t
+      window.data_skipped = train_iter.get_state()["num_skipped"]
       state, metrics = train_step(state, batch)
       step += 1
       # Step t-1's metrics come to the host once step t is queued.

@@ -9,6 +9,7 @@ import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tensorflow as tf
 
 from big_vision_like.trainers import progress
 from big_vision_like.trainers import state as state_lib
@@ -93,6 +94,32 @@ def test_a_nonfinite_state_is_never_saved(tmp_path, digits_data_dir,
   assert train.run(config, str(tmp_path)) == train.EXIT_NONFINITE
   assert "Refusing to save step 1: non-finite values" in caplog.text
   assert committed(tmp_path) == []
+
+
+def test_corrupt_train_images_are_skipped_and_logged_as_a_metric(
+    tmp_path, caplog):
+  data = tmp_path / "data"
+  for label in range(10):
+    (data / str(label)).mkdir(parents=True)
+    for k in range(4):
+      image = np.full((8, 8, 3), 25 * label + k, np.uint8)
+      (data / str(label) / f"{k}.png").write_bytes(
+          tf.io.encode_png(image).numpy())
+  bad = ["0/0.png", "3/1.png", "7/2.png"]
+  for name in bad:
+    (data / name).write_bytes(b"\x89PNG\r\n\x1a\nthe rest is lost")
+  caplog.set_level(logging.INFO, logger="big_vision_like")
+  config = tiny_config(str(tmp_path), evals={}, total_steps=5,
+                       input__batch_size=8)
+  config.input.data = {"kind": "imagefolder", "path": str(data),
+                       "val_fraction": 0.0}
+  assert train.run(config, str(tmp_path / "workdir")) == train.EXIT_DONE
+  # 40 records, batch 8: 5 steps are one epoch, every record read once.
+  skipped = [r["train/data_skipped"] for r in read_metrics(tmp_path / "workdir")
+             if "train/data_skipped" in r]
+  assert len(skipped) == 5 and skipped == sorted(skipped)
+  assert skipped[-1] >= len(bad)
+  assert f"skipped records {int(skipped[-1])}" in caplog.text
 
 
 class _Writer:
