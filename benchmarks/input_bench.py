@@ -23,7 +23,9 @@ to that many CPUs when it may use more, so "per core" is images/s divided by
 `threads`. Also printed: images per CPU-second (process time, all threads),
 which is less sensitive to other load on a shared machine. Each
 configuration runs `rounds` times, interleaved; the best round counts (for
-each figure on its own). ratio = ours / tf.data for the same ops.
+each figure on its own). ratio = ours / tf.data for the same ops; the
+per-round ratios (and their median) pair the runs of one round, which are
+back to back and so see the same load from other processes.
 """
 
 from __future__ import annotations
@@ -186,10 +188,10 @@ def main() -> None:
         ("ours", "unfused"): lambda: ours(folder, UNFUSED, b, t),
         ("tf.data", "unfused"): lambda: tf_data(folder, False, b, t),
     }
-    best = {k: np.zeros(2) for k in runs}  # img/s, img/CPU-s.
+    rounds = {k: [] for k in runs}  # [(img/s, img/CPU-s)] per round.
     for _ in range(args.rounds):
       for key, make in runs.items():
-        best[key] = np.maximum(best[key], measure(make, b, args.seconds))
+        rounds[key].append(measure(make, b, args.seconds))
   finally:
     shutil.rmtree(folder)
 
@@ -199,13 +201,19 @@ def main() -> None:
   print(f"{args.num_images} JPEGs ~500x375 (mean {kb:.0f} KB, q90); batch "
         f"{b}, {t} threads; best of {args.rounds} x {args.seconds:g} s.\n")
   print(f"{'pipeline':9} {'ops':8} {'img/s':>7} {'img/s/core':>10} "
-        f"{'ratio':>6} {'img/CPU-s':>10} {'ratio':>6}")
-  for (name, ops), (per_s, per_cpu_s) in best.items():
-    ref_s, ref_cpu_s = best[("tf.data", ops)]
+        f"{'ratio':>6} {'img/CPU-s':>10} {'ratio':>6}  per-round ratios")
+  for (name, ops), values in rounds.items():
+    per_s, per_cpu_s = np.max(values, axis=0)
+    ref = np.asarray(rounds[("tf.data", ops)])
+    paired = np.asarray(values)[:, 0] / ref[:, 0]
     print(f"{name:9} {ops:8} {per_s:7.1f} {per_s / t:10.1f} "
-          f"{per_s / ref_s:5.2f}x {per_cpu_s:10.1f} "
-          f"{per_cpu_s / ref_cpu_s:5.2f}x")
-  print("ratio: ours / tf.data with the same ops.")
+          f"{per_s / ref[:, 0].max():5.2f}x {per_cpu_s:10.1f} "
+          f"{per_cpu_s / ref[:, 1].max():5.2f}x  "
+          f"median {np.median(paired):.2f}x of "
+          f"{' '.join(f'{r:.2f}' for r in paired)}")
+  print("ratio: ours / tf.data with the same ops (best round of each); "
+        "per-round: img/s of\nthe same round, ours and tf.data run back to "
+        "back.")
 
 
 if __name__ == "__main__":

@@ -130,7 +130,10 @@ class _Feed:
     """
     self._queue.enqueue(tf.nest.flatten((inputs, seeds),
                                         expand_composites=True))
-    return tf.nest.map_structure(lambda t: t.numpy(), next(self._iterator))
+    # np.asarray shares the tensor's buffer (read-only), as tf.data's
+    # as_numpy_iterator does; `.numpy()` would copy the whole batch (about
+    # 10% of the CPU time of decode + crop + flip to float32 224x224).
+    return tf.nest.map_structure(np.asarray, next(self._iterator))
 
 
 class BatchPP:

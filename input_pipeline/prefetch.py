@@ -24,7 +24,7 @@ class DevicePrefetch(Iterator[Any]):
 
   `iterator` must have `get_state()`, `set_state(state)` and `close()` (the
   train iterator of `input_pipeline.pipeline`). `set_state` is allowed only
-  before the first `next()`, as the thread starts then. An exception in the
+  before the thread starts: at `start()` or the first `next()`. An exception in the
   thread is raised by the `next()` that would have returned its batch.
   `size=0` transfers in the calling thread (no thread).
   """
@@ -55,16 +55,20 @@ class DevicePrefetch(Iterator[Any]):
       if item[2] is not None:
         return
 
+  def start(self) -> None:
+    """Starts preparing batches now (else the first `next()` does)."""
+    if self._thread is None and self._size:
+      self._queue = queue.Queue(maxsize=self._size)
+      self._thread = threading.Thread(target=self._produce, daemon=True,
+                                      name="device_prefetch")
+      self._thread.start()
+
   def __next__(self) -> Any:
     if self._size == 0:
       batch = self._transfer(next(self._inner))
       self._state = self._inner.get_state()
       return batch
-    if self._thread is None:
-      self._queue = queue.Queue(maxsize=self._size)
-      self._thread = threading.Thread(target=self._produce, daemon=True,
-                                      name="device_prefetch")
-      self._thread.start()
+    self.start()
     batch, state, error = self._queue.get()
     if error is not None:
       raise error
@@ -77,8 +81,8 @@ class DevicePrefetch(Iterator[Any]):
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     if self._thread is not None:
-      raise RuntimeError("set_state after iteration started: restore the "
-                         "input state before the first batch.")
+      raise RuntimeError("set_state after the prefetch thread started: "
+                         "restore the input state before the first batch.")
     self._inner.set_state(state)
     self._state = self._inner.get_state()
 

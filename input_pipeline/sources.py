@@ -47,6 +47,7 @@ from input_pipeline import digits
 from input_pipeline import folder
 from input_pipeline import image_text
 from input_pipeline import mixture
+from input_pipeline import tfds_parse
 
 # Builders we ship; built into data_dir on first use, with no network.
 LOCAL_BUILDERS = {
@@ -188,13 +189,14 @@ def get_source(name: str, split: str,
     return _MockSource(builder.as_data_source(split=split, decoders=decoders))
   _check_split(builder, name, split)
   try:
-    return builder.as_data_source(split=split, decoders=decoders)
+    source = builder.as_data_source(split=split, decoders=decoders)
   except NotImplementedError as e:  # Prepared as tfrecord only.
     raise config_lib.ConfigError(
         f"Dataset '{name}' in {builder.data_dir} is not stored in a "
         f"random-access format (it is {builder.info.file_format}). Convert it "
         "with `tfds convert_format --dataset_version_dir "
         f"{builder.data_dir} --out_file_format array_record`. ({e})") from e
+  return tfds_parse.batch_parsed(source)
 
 
 def num_examples(name: str, split: str, data_dir: str | None = None) -> int:

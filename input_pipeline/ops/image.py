@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
 from big_vision_like import config as config_lib
@@ -26,6 +27,11 @@ RESIZE_METHODS = {
     "nearest": tf.image.ResizeMethod.NEAREST_NEIGHBOR,
 }
 
+# Methods whose outputs are convex combinations of input pixels, so never
+# out of the input dtype's range once rounded: no clip needed (a pass less
+# over every resized image).
+_CONVEX_METHODS = ("area", "bilinear", "gaussian", "nearest")
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -34,13 +40,14 @@ def resize_image(image: tf.Tensor, size: Sequence[int] | tf.Tensor,
                  method: str = "bilinear", antialias: bool = False
                  ) -> tf.Tensor:
   """Resizes [h, w, c] `image` to `size` ([H, W]), keeping its dtype."""
-  method = config_lib.lookup(RESIZE_METHODS, method, "resize method")
+  tf_method = config_lib.lookup(RESIZE_METHODS, method, "resize method")
   dtype = image.dtype
-  out = tf.image.resize(image, size, method=method, antialias=antialias)
+  out = tf.image.resize(image, size, method=tf_method, antialias=antialias)
   if dtype.is_integer:
-    # Round (big_vision truncates; rounding is unbiased and matches PIL) and
-    # clip the overshoot of bicubic and lanczos kernels.
-    out = tf.clip_by_value(tf.round(out), dtype.min, dtype.max)
+    # Round (big_vision truncates; rounding is unbiased and matches PIL).
+    out = tf.round(out)
+    if method not in _CONVEX_METHODS:  # Clip bicubic/lanczos overshoot.
+      out = tf.clip_by_value(out, dtype.min, dtype.max)
   return tf.cast(out, dtype)
 
 
@@ -185,12 +192,14 @@ def value_range(vmin: float = -1, vmax: float = 1,
 
   in_min and in_max may be per-channel lists.
   """
-  lo = tf.constant(in_min, tf.float32)
-  hi = tf.constant(in_max, tf.float32)
+  # One multiply-add per value: x * scale + offset.
+  lo, hi = np.asarray(in_min, np.float64), np.asarray(in_max, np.float64)
+  scale = (vmax - vmin) / (hi - lo)
+  offset = tf.constant(vmin - lo * scale, tf.float32)
+  scale = tf.constant(scale, tf.float32)
 
   def _fn(image):
-    image = (tf.cast(image, tf.float32) - lo) / (hi - lo)
-    image = vmin + image * (vmax - vmin)
+    image = tf.cast(image, tf.float32) * scale + offset
     return tf.clip_by_value(image, vmin, vmax) if clip_values else image
 
   return general.on_key(_fn, key)

@@ -55,6 +55,22 @@ def test_resize_keeps_uint8_rounding_and_clipping_overshoot():
   np.testing.assert_array_equal(out, np.clip(np.round(ref), 0, 255))
 
 
+@pytest.mark.parametrize("method", ["area", "bilinear", "gaussian",
+                                    "nearest"])
+@pytest.mark.parametrize("antialias", [False, True])
+def test_convex_resize_methods_need_no_clip(method, antialias):
+  # Extreme pixels (0/255 stripes and noise), up and down: rounding alone
+  # stays in [0, 255], so the uint8 result equals round-then-clip.
+  stripes = np.zeros((17, 23, 3), np.uint8)
+  stripes[:, ::2] = 255
+  for x in (stripes, _image(17, 23)):
+    for size in ((40, 9), (7, 50), (5, 5)):
+      ref = tf.image.resize(x, size, method, antialias=antialias).numpy()
+      np.testing.assert_array_equal(
+          _run(image_ops.resize(size, method, antialias=antialias), x),
+          np.clip(np.round(ref), 0, 255).astype(np.uint8))
+
+
 def test_resize_small_and_long_keep_the_aspect_ratio():
   x = _image(30, 45)
   assert _run(image_ops.resize_small(20), x).shape == (20, 30, 3)

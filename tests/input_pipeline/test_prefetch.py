@@ -85,3 +85,18 @@ def test_close_stops_the_thread_and_closes_the_inner_iterator():
   assert inner.closed
   assert not any(t.name == "device_prefetch" and t.is_alive()
                  for t in threading.enumerate())
+
+
+def test_start_prepares_batches_before_the_first_next():
+  inner = _Counter()
+  it = prefetch.DevicePrefetch(inner, _double, size=2)
+  it.start()
+  for _ in range(500):
+    if inner.position >= 2:
+      break
+    threading.Event().wait(0.01)
+  assert inner.position >= 2 and it.get_state() == {"position": 0}
+  with pytest.raises(RuntimeError, match="before the first batch"):
+    it.set_state({"position": 0})
+  assert int(next(it)["x"][0]) == 0
+  it.close()
