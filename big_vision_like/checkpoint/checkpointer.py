@@ -18,6 +18,7 @@ One writer per directory: the job that trains into it.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -81,7 +82,10 @@ class Checkpointer:
                                    or keep_every < 1):
       raise ConfigError(
           f"keep_every must be None or an integer >= 1, got {keep_every!r}.")
+    # Orbax's async writes need absolute paths; make relative local ones so.
     self.directory = epath.Path(directory)
+    if "://" not in str(directory):
+      self.directory = epath.Path(os.path.abspath(directory))
     keep = [policies.LatestN(keep_last)]
     if keep_every:
       keep.append(policies.EveryNSteps(keep_every))

@@ -37,6 +37,20 @@ def test_round_trip_is_bitwise_exact(tmp_path):
   assert metadata == {"config": {"lr": 0.1}, "versions": {"jax": "x"}}
 
 
+def test_a_relative_directory_saves_asynchronously(tmp_path, monkeypatch):
+  # Orbax's async writes refuse relative paths; `--workdir=workdirs/demo`
+  # (the README's command) must work.
+  monkeypatch.chdir(tmp_path)
+  ckpt = checkpoint.Checkpointer("workdirs/demo/checkpoints")
+  state = make_state(2)
+  ckpt.save(2, state, data_state={}, metadata={})
+  ckpt.wait()
+  assert ckpt.all_steps() == [2]
+  assert_bitwise_equal(ckpt.restore(abstract(state))[1], state)
+  ckpt.close()
+  assert (tmp_path / "workdirs/demo/checkpoints/2").is_dir()
+
+
 def test_restore_casts_to_the_target_dtype(tmp_path):
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   state = {"w": jnp.linspace(-2, 2, 12, dtype=jnp.float32).reshape(3, 4)}
