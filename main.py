@@ -1,5 +1,11 @@
 """Entry point: `python main.py --config=configs/demo.py --workdir=/tmp/demo`.
 
+  --mode=train    (default) train and evaluate, resuming from the workdir.
+  --mode=eval     run the config's evaluators (or --evals=a,b) on the
+                  workdir's newest checkpoint (or --step=N); no training.
+  --mode=predict  top-k classes of --inputs (a folder or comma-separated
+                  image files) into --output (.csv or .jsonl).
+
 Config files take an argument after a colon (`configs/vit_b16.py:runlocal`)
 and any key can be overridden with `--config.a.b=value`. Exit codes are listed
 in big_vision_like/trainers/train.py (EXIT_*) and in the README.
@@ -19,13 +25,25 @@ from big_vision_like import distributed
 FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "Config file, e.g. configs/demo.py[:arg].")
 flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to run.")
+flags.DEFINE_integer("step", None, "eval/predict: the checkpoint step.")
+flags.DEFINE_list("evals", None, "eval/predict: evaluator names to use.")
+flags.DEFINE_list("inputs", None, "predict: an image folder, or files.")
+flags.DEFINE_string("output", None, "predict: the .csv or .jsonl to write.")
+flags.DEFINE_integer("top_k", 5, "predict: classes written per image.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _OVERRIDES = {}
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, after taking the `--config.a.b=value` overrides off argv."""
+  """absl parsing, after taking the `--config.a.b=value` overrides off argv.
+
+  Not ml_collections.config_flags: it applies overrides to the config file's
+  own dict, before our defaults are merged, so `--config.log_every_steps=5`
+  or a new model field (`--config.model.dropout=0.1`) would be refused when
+  the file does not set them.
+  """
   try:
     rest, overrides = config_lib.split_overrides(argv)
   except config_lib.ConfigError as e:
@@ -42,14 +60,26 @@ def main(argv: list[str]) -> int:
   std_logging.getLogger("input_pipeline").setLevel(std_logging.INFO)
   # Multi-host: a no-op unless the environment says several processes run.
   distributed.maybe_initialize()
-  # Imported after initialisation: importing JAX-heavy modules is fine, but
-  # nothing may touch devices before jax.distributed is set up.
+  # Imported after initialisation: nothing may touch devices before.
   import jax
+  from big_vision_like.inference import evaluate, predict
   from big_vision_like.trainers import train
   try:
     config = config_lib.resolve(config_lib.load(FLAGS.config))
     config_lib.apply_overrides(config, _OVERRIDES)
-    code = train.run(config, FLAGS.workdir)
+    if FLAGS.mode == "train":
+      code = train.run(config, FLAGS.workdir)
+    elif FLAGS.mode == "eval":
+      code = evaluate.run(config, FLAGS.workdir, step=FLAGS.step,
+                          names=FLAGS.evals)
+    else:
+      if not FLAGS.inputs or not FLAGS.output:
+        raise config_lib.ConfigError(
+            "--mode=predict needs --inputs=<folder or files> and "
+            "--output=<file.csv or file.jsonl>.")
+      code = predict.run(config, FLAGS.workdir, FLAGS.inputs, FLAGS.output,
+                         step=FLAGS.step, top_k=FLAGS.top_k,
+                         eval_name=(FLAGS.evals or [None])[0])
   except config_lib.ConfigError as e:
     logging.error("%s", e)
     print(f"Error: {e}", file=sys.stderr)

@@ -8,73 +8,18 @@ checks user-given keys against those.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import inspect
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-
-class ConfigError(ValueError):
-  """A config problem the user must fix; the message says how."""
-
-
-def closest(name: str, valid: Iterable[str]) -> str | None:
-  """Returns the valid name closest to `name`, or None if nothing is close."""
-  matches = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.5)
-  return matches[0] if matches else None
-
-
-def unknown_key_error(key: str, valid: Iterable[str], where: str) -> ConfigError:
-  valid = sorted(valid)
-  hint = closest(key, valid)
-  did_you_mean = f" Did you mean '{hint}'?" if hint else ""
-  return ConfigError(
-      f"Unknown config key '{where}.{key}'.{did_you_mean} "
-      f"Valid keys for '{where}': {', '.join(valid)}.")
-
-
-def check_keys(given: Mapping[str, Any] | Iterable[str], valid: Iterable[str],
-               where: str) -> None:
-  """Raises ConfigError for the first key in `given` that is not in `valid`."""
-  valid = set(valid)
-  for key in given:
-    if key not in valid:
-      raise unknown_key_error(key, valid, where)
-
-
-def accepted_kwargs(fn: Callable[..., Any] | type) -> tuple[set[str], bool]:
-  """Keyword names `fn` accepts, and whether it takes **kwargs.
-
-  For dataclasses (e.g. linen Modules) these are the init fields, without
-  linen's internal `parent` and `name`.
-  """
-  if dataclasses.is_dataclass(fn):
-    names = {f.name for f in dataclasses.fields(fn) if f.init}
-    return names - {"parent", "name"}, False
-  params = inspect.signature(fn).parameters.values()
-  names = {p.name for p in params
-           if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-  var_kw = any(p.kind == p.VAR_KEYWORD for p in params)
-  return names, var_kw
-
-
-def check_kwargs(fn: Callable[..., Any] | type, kwargs: Mapping[str, Any],
-                 where: str) -> None:
-  """Raises ConfigError if `kwargs` has a key `fn` does not accept."""
-  names, var_kw = accepted_kwargs(fn)
-  if not var_kw:
-    check_keys(kwargs, names, where)
-
-
-def lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
-  """`table[name]`, or a ConfigError naming the closest valid choice."""
-  if name in table:
-    return table[name]
-  hint = closest(name, table)
-  did_you_mean = f" Did you mean '{hint}'?" if hint else ""
-  raise ConfigError(f"Unknown {what} '{name}'.{did_you_mean} "
-                    f"Choose one of: {', '.join(sorted(table))}.")
+# The error type and key checks live in the ground module `checks`; they are
+# re-exported here, where most callers look for them.
+from big_vision_like.checks import ConfigError  # noqa: F401
+from big_vision_like.checks import accepted_kwargs  # noqa: F401
+from big_vision_like.checks import check_keys
+from big_vision_like.checks import check_kwargs  # noqa: F401
+from big_vision_like.checks import closest  # noqa: F401
+from big_vision_like.checks import lookup  # noqa: F401
+from big_vision_like.checks import unknown_key_error
 
 
 # ---------------------------------------------------------------------------
@@ -86,7 +31,10 @@ def lookup(table: Mapping[str, Any], name: str, what: str) -> Any:
 # are checked there, at start-up, before any step runs.
 # `input.data` is checked by `input_pipeline.sources.from_config`: its keys
 # depend on data.kind.
-_NESTED_DEFAULTS = ("input", "mixing", "sharding")
+_NESTED_DEFAULTS = ("input", "sharding", "profile")
+
+# Keys that moved: the old name -> where it lives now.
+_MOVED = {"loss": "config.objective.loss", "mixing": "config.objective.mixing"}
 
 
 def defaults() -> "ml_collections.ConfigDict":
@@ -106,15 +54,18 @@ def defaults() -> "ml_collections.ConfigDict":
   c.mock_examples = 0        # >0: smoke mode on mock data of the real spec.
   c.model_name = None        # A key of big_vision_like.models.MODELS.
   c.model = {}
-  c.objective = "supervised"  # A key of big_vision_like.objectives.OBJECTIVES.
-  c.loss = "softmax_xent"     # A key of big_vision_like.losses.LOSSES.
-  c.mixing = dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5)
+  # name: a key of big_vision_like.objectives.OBJECTIVES; the other keys are
+  # that objective's own fields (e.g. loss=, mixing= for "supervised").
+  c.objective = dict(name="supervised")
   c.optim = dict(name="adamw", lr=1e-3)
   c.schedule = dict(decay_type="cosine", warmup_steps=0)
   c.mesh = [("data", -1)]
   c.dcn_mesh = None
   c.sharding = dict(preset="dp", overrides=[])
   c.evals = {}
+  # A profiler trace (TensorBoard's profile plugin, Perfetto) of num_steps
+  # train steps from start_step (None: no trace), into <workdir>/profile.
+  c.profile = dict(start_step=None, num_steps=3)
   c.log_every_steps = 50
   c.ckpt_every_steps = 1000
   c.keep_ckpts = 3
@@ -130,6 +81,11 @@ def defaults() -> "ml_collections.ConfigDict":
 def _merge_checked(given: Mapping[str, Any], default: Mapping[str, Any],
                    path: str = "") -> dict[str, Any]:
   """`default` updated with `given`, recursing into the `_NESTED_DEFAULTS`."""
+  for key in given:
+    if not path and key in _MOVED:
+      raise ConfigError(f"config.{key} moved to {_MOVED[key]} (the objective "
+                        "section holds its own fields): write config.objective"
+                        f" = dict(name='supervised', {key}=...).")
   check_keys(given, default, f"config.{path}" if path else "config")
   out = dict(default)
   for key, value in given.items():
@@ -152,6 +108,12 @@ def resolve(config: Mapping[str, Any]) -> "ml_collections.ConfigDict":
   if (merged["total_steps"] is None) == (merged["total_epochs"] is None):
     raise ConfigError("Set exactly one of config.total_steps and "
                       "config.total_epochs.")
+  if not isinstance(merged["objective"], Mapping) or "name" not in merged[
+      "objective"]:
+    raise ConfigError(
+        f"config.objective={merged['objective']!r}: it is a section with a "
+        "name and that objective's fields, e.g. dict(name='supervised', "
+        "loss='softmax_xent').")
   if merged["model_name"] is None:
     raise ConfigError("config.model_name is not set; choose one of the keys "
                       "of big_vision_like.models.MODELS (e.g. 'vit').")
@@ -198,6 +160,11 @@ def apply_overrides(config: Any, overrides: Mapping[str, Any]) -> None:
   """
   for dotted, value in overrides.items():
     *parents, leaf = dotted.split(".")
+    moved = dotted.split(".")[0]
+    if moved in _MOVED:
+      raise ConfigError(f"--config.{dotted}: config.{moved} moved to "
+                        f"{_MOVED[moved]}; write --{_MOVED[moved]}"
+                        f"{dotted[len(moved):]}=...")
     node, where = config, "config"
     for part in parents:
       if part not in node:

@@ -388,3 +388,20 @@ def init_sharded(init_fn: Callable[..., PyTree], mesh: Mesh,
   init = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)
   return init(*init_args), shardings
 
+
+
+def check_overrides(overrides: Sequence[tuple[str, Any]], mesh: Mesh) -> None:
+  """Raises ConfigError for a malformed `config.sharding.overrides` entry:
+  not a (regex, spec) pair, a bad regex, or a spec naming no mesh axis."""
+  for entry in overrides:
+    if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+      raise config_lib.ConfigError(
+          f"config.sharding.overrides entries are (regex, spec) pairs, got "
+          f"{entry!r}.")
+    pattern, spec = entry
+    try:
+      re.compile(pattern)
+    except (re.error, TypeError) as e:
+      raise config_lib.ConfigError(
+          f"config.sharding.overrides: bad regex {pattern!r}: {e}.") from None
+    _override_spec(spec, mesh, pattern)

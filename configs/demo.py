@@ -27,7 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model_name = "vit"
   c.model = dict(num_classes=10, width=128, depth=4, mlp_dim=512, num_heads=4,
                  patch_size=(4, 4), pool_type="gap", posemb="learn")
-  c.loss = "softmax_xent"
+  c.objective = dict(name="supervised", loss="softmax_xent")
   c.optim = dict(name="adamw", lr=0.001, wd=0.0001, grad_clip_norm=1.0)
   c.schedule = dict(warmup_steps=50, decay_type="cosine")
   c.evals = dict(test=dict(

@@ -41,7 +41,7 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
 from input_pipeline import batch_pp
 from input_pipeline import folder
 from input_pipeline import sources
@@ -67,7 +67,7 @@ def _split_sources(kind: str, kwargs: dict[str, Any]
   An ImageFolder gives every split it has (unless data.split picks one).
   """
   if kind not in KINDS:
-    config_lib.lookup(dict.fromkeys(KINDS), kind, "--kind")
+    checks.lookup(dict.fromkeys(KINDS), kind, "--kind")
   first = sources.from_config({"kind": kind, **kwargs})
   if kind != "imagefolder" or "split" in kwargs:
     return {kwargs.get("split", "train"): first}
@@ -139,15 +139,15 @@ def convert(kind: str, name: str, data_dir: str, *, version: str = "1.0.0",
     ConfigError: bad arguments, missing input, or the dataset exists.
   """
   if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"--name {name!r}: use lower_snake_case (a-z, 0-9, _).")
   if name in tfds.list_builders(with_community_datasets=False):
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"--name {name!r} is a dataset of the TFDS catalog, which `tfds."
         "builder` would pick instead of the converted one: choose another.")
   dataset_dir = os.path.join(data_dir, name, version)
   if os.path.exists(dataset_dir):
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"{dataset_dir} exists already: pick another --name or --version, "
         "or delete it.")
   split_sources = _split_sources(kind, source_kwargs)
@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   source_kwargs = {k: v for k, v in args.items() if v is not None}
   try:
     report = convert(**common, **source_kwargs)
-  except config_lib.ConfigError as e:
+  except checks.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   for split, count in report.written.items():

@@ -30,7 +30,7 @@ from typing import Any
 from absl import logging
 import numpy as np
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
 
 # Image formats the `decode` op reads.
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -69,7 +69,7 @@ def split_folders(path: str) -> list[str]:
     ConfigError: `path` is not a folder.
   """
   if not os.path.isdir(path):
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"ImageFolder data.path={path!r} does not exist or is not a folder. "
         f"Point data.path at the dataset root. {_LAYOUT_HELP}")
   return _subdirs(path) if os.path.isdir(os.path.join(path, "train")) else []
@@ -89,15 +89,15 @@ def _check_split(path: str, splits: list[str], split: str,
                  val_fraction: float) -> None:
   available = splits or list(FRACTION_SPLITS)
   if split not in available:
-    hint = config_lib.closest(split, available)
+    hint = checks.closest(split, available)
     layout = ("its split sub-folders" if splits else "val_fraction of each "
               "class, as it has no split sub-folders")
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"Unknown split data.split={split!r} of ImageFolder {path}"
         f"{f' (did you mean {hint!r}?)' if hint else ''}: its splits are "
         f"{', '.join(available)} (from {layout}).")
   if not 0 <= val_fraction < 1:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"data.val_fraction={val_fraction} must be in [0, 1).")
 
 
@@ -112,7 +112,7 @@ def _class_files(folder: str, name: str, cut: tuple[str, float, int] | None,
   if cut is None:
     return files
   if not files:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"Class folder {folder} holds no images (extensions "
         f"{', '.join(EXTENSIONS)}). Add images or remove the folder.")
   split, val_fraction, seed = cut
@@ -144,7 +144,7 @@ class ImageFolder(Sequence[dict[str, Any]]):
     class_parents = [os.path.join(path, s) for s in splits] or [path]
     self.classes = sorted({c for p in class_parents for c in _subdirs(p)})
     if not self.classes:
-      raise config_lib.ConfigError(
+      raise checks.ConfigError(
           f"ImageFolder found no class sub-folders in {class_parents}. "
           f"{_LAYOUT_HELP}")
     split_root = os.path.join(path, split) if splits else path
@@ -162,7 +162,7 @@ class ImageFolder(Sequence[dict[str, Any]]):
     if not self._paths:
       fix = ("raise data.val_fraction" if cut
              else f"add images ({', '.join(EXTENSIONS)})")
-      raise config_lib.ConfigError(
+      raise checks.ConfigError(
           f"ImageFolder split '{split}' of {path} holds no images: {fix}.")
 
   def __len__(self) -> int:
@@ -180,3 +180,40 @@ class ImageFolder(Sequence[dict[str, Any]]):
   def labels(self) -> np.ndarray:
     """int64 [len]: the label of every record."""
     return self._labels
+
+
+class ImageFiles(Sequence[dict[str, Any]]):
+  """Unlabelled images as {"image": bytes}: every image under a folder
+  (recursively, sorted), or a list of files (in the order given). For
+  prediction; `paths` names the file behind each record."""
+
+  def __init__(self, path: str | Sequence[str]):
+    """Lists the files; reads no image.
+
+    Raises:
+      ConfigError: a missing file or folder, or no image at all.
+    """
+    given = [path] if isinstance(path, str) else list(path)
+    self.paths = []
+    for item in given:
+      if os.path.isdir(item):
+        self.paths += _list_images(item)[0]
+      elif os.path.isfile(item):
+        self.paths.append(item)
+      else:
+        raise checks.ConfigError(
+            f"Image file or folder {item!r} does not exist. Give existing "
+            "image files or a folder of images.")
+    if not self.paths:
+      raise checks.ConfigError(
+          f"No images ({', '.join(EXTENSIONS)}) in {given}.")
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    with open(self.paths[index], "rb") as f:
+      return {"image": f.read()}
+
+  def origin(self, index: int) -> str:
+    return self.paths[index]

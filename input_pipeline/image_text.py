@@ -30,7 +30,7 @@ from typing import Any
 from absl import logging
 import numpy as np
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
 
 # WebDataset member extensions holding the image, in order of preference.
 WDS_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -41,7 +41,7 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
   """The rows of a CSV/TSV (with a header line) or JSONL file, as dicts."""
   ext = os.path.splitext(path)[1].lower()
   if ext not in CAPTION_FORMATS:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"Caption file data.path={path!r} has an unknown extension: use "
         f"{', '.join(CAPTION_FORMATS)} (CSV/TSV with a header line, or one "
         "JSON object per line).")
@@ -54,7 +54,7 @@ def _read_rows(path: str) -> list[dict[str, Any]]:
         try:
           rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-          raise config_lib.ConfigError(
+          raise checks.ConfigError(
               f"Line {line_number} of {path} is not JSON: {e}.") from e
     return rows
 
@@ -65,8 +65,8 @@ def _check_field(rows: list[dict[str, Any]], key: str, flag: str,
   missing = next((i for i, r in enumerate(rows) if key not in r), None)
   if missing is None:
     return
-  hint = config_lib.closest(key, fields)
-  raise config_lib.ConfigError(
+  hint = checks.closest(key, fields)
+  raise checks.ConfigError(
       f"Row {missing} of {path} has no field {key!r} (data.{flag})."
       f"{f' Did you mean {hint!r}?' if hint else ''} Fields of the first "
       f"row: {', '.join(fields)}.")
@@ -90,26 +90,26 @@ class ImageTextFiles(Sequence[dict[str, Any]]):
       ConfigError: missing files or folders, no rows, unknown columns.
     """
     if not os.path.isfile(path):
-      raise config_lib.ConfigError(
+      raise checks.ConfigError(
           f"Caption file data.path={path!r} does not exist. Point data.path "
           "at a .csv/.tsv/.jsonl file with an image path and a caption per "
           "row.")
     if images_dir is None:
       images_dir = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(images_dir):
-      raise config_lib.ConfigError(
+      raise checks.ConfigError(
           f"data.images_dir={images_dir!r} does not exist: set it to the "
           f"folder the image paths in {path} are relative to.")
     rows = _read_rows(path)
     if not rows:
-      raise config_lib.ConfigError(f"Caption file {path} has no rows.")
+      raise checks.ConfigError(f"Caption file {path} has no rows.")
     _check_field(rows, image_key, "image_key", path)
     _check_field(rows, text_key, "text_key", path)
     self._paths = [os.path.join(images_dir, str(r[image_key])) for r in rows]
     self._texts = [str(r[text_key]) for r in rows]
     missing = [p for p in self._paths if not os.path.isfile(p)]
     if missing:
-      raise config_lib.ConfigError(
+      raise checks.ConfigError(
           f"{len(missing)} of the {len(rows)} images listed in {path} do not "
           f"exist, e.g. {missing[:3]}. Set data.images_dir to the folder "
           "their paths are relative to, or remove those rows.")
@@ -144,7 +144,7 @@ def _shard_paths(path: str | Sequence[str]) -> list[str]:
                    expand_ranges(os.path.expanduser(pattern))
                    for p in glob.glob(ranged)})
   if not shards:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"data.path={path!r} matches no WebDataset shard. Give the .tar "
         "files as a glob ('/data/cc3m/*.tar'), a range "
         "('/data/cc3m/{00000..00331}.tar') or a list of either.")
@@ -171,7 +171,7 @@ def _index_shard(shard: str) -> tuple[list[tuple[str, int, int, int, int]],
           key, ext = _split_member(info.name)
           members.setdefault(key, {})[ext] = info
   except (tarfile.TarError, OSError) as e:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"Cannot index WebDataset shard {shard}: {e}. Shards must be "
         "uncompressed .tar files (decompress .tar.gz shards: random access "
         "needs seeks) and readable.") from e
@@ -215,7 +215,7 @@ class WebDataset(Sequence[dict[str, Any]]):
           "a .txt caption: %s.", path, sum(incomplete.values()),
           "/".join(WDS_IMAGE_EXTENSIONS), dict(incomplete))
     if not columns:
-      raise config_lib.ConfigError(
+      raise checks.ConfigError(
           f"The {len(self._shards)} WebDataset shards {path!r} hold no "
           "sample with an image (.jpg/.png/...) and a .txt caption, e.g. "
           f"{self._shards[0]}. Expected img2dataset's output format.")

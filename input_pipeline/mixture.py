@@ -30,7 +30,7 @@ from typing import Any
 from absl import logging
 import numpy as np
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
 
 Example = dict[str, Any]
 
@@ -78,7 +78,7 @@ class Mixture(Sequence[Example]):
       ConfigError: on bad weights, length or sources.
     """
     if not sources:
-      raise config_lib.ConfigError("A mixture needs at least one source in "
+      raise checks.ConfigError("A mixture needs at least one source in "
                                    "data.sources.")
     sizes = np.array([len(s) for s in sources], np.int64)
     if weights is None:
@@ -86,20 +86,20 @@ class Mixture(Sequence[Example]):
     weights = np.asarray(weights, np.float64)
     if weights.shape != sizes.shape or not np.all(np.isfinite(weights)) or (
         np.any(weights <= 0)):
-      raise config_lib.ConfigError(
+      raise checks.ConfigError(
           f"data.weights={weights.tolist()} must be one positive number per "
           f"source ({len(sources)} sources).")
     if np.any(sizes == 0):
-      raise config_lib.ConfigError(
+      raise checks.ConfigError(
           f"Mixture source {int(np.argmin(sizes))} is empty.")
     self._counts = slot_counts(weights / weights.sum())
     if np.any(self._counts == 0):
-      raise config_lib.ConfigError(
+      raise checks.ConfigError(
           f"Mixture weights {weights.tolist()}: a share under about "
           f"1/{PERIOD} gets no slot; raise the smallest weight.")
     keys = [sorted(s[0]) for s in sources]
     if any(k != keys[0] for k in keys):
-      raise config_lib.ConfigError(
+      raise checks.ConfigError(
           f"Mixture sources have different record keys {keys}: every source "
           "must give the same keys (e.g. all image+label).")
     self._sources, self._sizes, self._source_key = list(sources), sizes, (
@@ -107,7 +107,7 @@ class Mixture(Sequence[Example]):
     self._slot_source, self._slot_rank = _layout(self._counts)
     self._length = self._covering_length() if length is None else int(length)
     if self._length <= 0:
-      raise config_lib.ConfigError(f"data.length={length} must be positive.")
+      raise checks.ConfigError(f"data.length={length} must be positive.")
     self._perms = [
         np.random.default_rng(np.random.SeedSequence([seed, k])).permutation(n)
         for k, n in enumerate(sizes.tolist())]

@@ -40,7 +40,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
 from input_pipeline import batch_pp
 from input_pipeline.batch_pp import BatchPP
 
@@ -82,7 +82,7 @@ def _local_batch_size(global_batch_size: int, process_index: int,
     raise ValueError(f"process_index={process_index} is not in "
                      f"[0, process_count={process_count}).")
   if global_batch_size <= 0 or global_batch_size % process_count:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"global_batch_size={global_batch_size} must be a positive multiple "
         f"of the number of processes ({process_count}).")
   return global_batch_size // process_count
@@ -103,10 +103,10 @@ class TrainIterator(Iterator[Example]):
                                           process_count)
     self._num_records = len(source)
     if not 0 <= seed < 2**63:
-      raise config_lib.ConfigError(f"The data seed must be in [0, 2**63), "
+      raise checks.ConfigError(f"The data seed must be in [0, 2**63), "
                                    f"got seed={seed}.")
     if self._num_records < global_batch_size:
-      raise config_lib.ConfigError(
+      raise checks.ConfigError(
           f"The train split has {self._num_records} examples, fewer than "
           f"global_batch_size={global_batch_size}: reduce the batch size.")
     self._source, self._pp = source, BatchPP(pp_fn, drop_keys)
@@ -192,7 +192,7 @@ class TrainIterator(Iterator[Example]):
     for key, value in self._config.items():
       # Only process 0's state is saved; the position is the same on all.
       if key != "process_index" and state.get(key) != value:
-        raise config_lib.ConfigError(
+        raise checks.ConfigError(
             f"Cannot resume the train input pipeline: its state was saved with "
             f"{key}={state.get(key)!r}, this run has {key}={value!r}. Restore "
             "the same input config (or start the data from scratch).")

@@ -25,7 +25,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
 from input_pipeline.ops import OPS
 from input_pipeline.ops import Op
 from input_pipeline.ops.general import RNG_KEY
@@ -64,7 +64,7 @@ def _literal(node: ast.AST, piece: str, spec: str) -> Any:
   try:
     return ast.literal_eval(node)
   except ValueError as e:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"pp op '{piece}' in spec {spec!r}: argument "
         f"'{ast.unparse(node)}' is not a Python literal (numbers, strings, "
         "tuples, lists, dicts, True/False/None).") from e
@@ -75,17 +75,17 @@ def _parse_piece(piece: str, spec: str) -> ParsedOp:
   try:
     expr = ast.parse(piece, mode="eval").body
   except SyntaxError as e:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"Syntax error in pp op '{piece}' of spec {spec!r}: {e.msg}.") from e
   if isinstance(expr, ast.Name):
     return expr.id, (), {}
   if not (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name)):
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"pp op '{piece}' in spec {spec!r} is not an op name or a call like "
         "resize(224).")
   if any(isinstance(a, ast.Starred) for a in expr.args) or any(
       kw.arg is None for kw in expr.keywords):
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"pp op '{piece}' in spec {spec!r}: *args and **kwargs are not "
         "allowed; write the arguments out.")
   args = tuple(_literal(a, piece, spec) for a in expr.args)
@@ -110,22 +110,31 @@ def _make_op(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
              spec: str) -> Op:
   """Looks up, checks and calls the factory of one parsed op."""
   try:
-    factory = config_lib.lookup(OPS, name, "preprocessing op")
-  except config_lib.ConfigError as e:
-    raise config_lib.ConfigError(f"{e} In pp spec {spec!r}.") from e
+    factory = checks.lookup(OPS, name, "preprocessing op")
+  except checks.ConfigError as e:
+    raise checks.ConfigError(f"{e} In pp spec {spec!r}.") from e
   signature = inspect.signature(factory)
   call = f"{name}({', '.join(_render_args(args, kwargs))})"
   try:
     signature.bind(*args, **kwargs)
   except TypeError as e:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"Bad arguments in pp op {call} of spec {spec!r}: {e}. The op's "
         f"signature is {name}{signature}.") from e
   try:
     return factory(*args, **kwargs)
   except (ValueError, TypeError) as e:  # ConfigError is a ValueError.
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"Bad value in pp op {call} of spec {spec!r}: {e}") from e
+
+
+def drop_ops(spec: str, names: tuple[str, ...]) -> str:
+  """`spec` without the ops called `names` (e.g. the label ops of an eval
+  spec, to preprocess unlabelled images the same way)."""
+  return "|".join(
+      name if not args and not kwargs else
+      f"{name}({', '.join(_render_args(args, kwargs))})"
+      for name, args, kwargs in parse(spec) if name not in names)
 
 
 def validate(spec: str) -> None:

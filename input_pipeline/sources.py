@@ -8,6 +8,7 @@ defaults are in the signatures:
 
   dict(name="imagenet2012", split="train[:99%]", data_dir=None)   # tfds
   dict(kind="imagefolder", path="/data/pets", split="val", val_fraction=0.1)
+  dict(kind="image_files", path="/photos")          # Or a list of files.
   dict(kind="image_text", path="/data/captions.csv", images_dir=None,
        image_key="image", text_key="caption")
   dict(kind="webdataset", path="/data/cc3m/{00000..00331}.tar")  # Or a glob.
@@ -42,7 +43,7 @@ from typing import Any
 from absl import logging
 import tensorflow_datasets as tfds
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
 from input_pipeline import digits
 from input_pipeline import folder
 from input_pipeline import image_text
@@ -129,13 +130,13 @@ def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    hint = config_lib.closest(base_name, tfds.list_builders())
+    hint = checks.closest(base_name, tfds.list_builders())
     did_you_mean = f" Did you mean '{hint}'?" if hint else ""
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"Unknown dataset '{name}'.{did_you_mean} It is neither a TFDS "
         f"dataset nor prepared in data_dir={data_dir!r}.") from e
   if not builder.is_prepared():
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"Dataset '{name}' is not prepared locally: searched "
         f"{builder.data_dir} (data_dir={data_dir!r}), and datasets are never "
         f"downloaded at run time. {_prepare_fix(name, data_dir)}")
@@ -148,7 +149,7 @@ def _check_split(builder: tfds.core.DatasetBuilder, name: str,
   try:
     return builder.info.splits[split].num_examples
   except ValueError as e:  # Unknown split name or a bad slice.
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"Bad split '{split}' for dataset '{name}' in {builder.data_dir}: {e} "
         f"Available splits: {', '.join(sorted(builder.info.splits))}; "
         "slices like 'train[:90%]' or 'train[100:]' work too.") from e
@@ -191,7 +192,7 @@ def get_source(name: str, split: str,
   try:
     source = builder.as_data_source(split=split, decoders=decoders)
   except NotImplementedError as e:  # Prepared as tfrecord only.
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"Dataset '{name}' in {builder.data_dir} is not stored in a "
         f"random-access format (it is {builder.info.file_format}). Convert it "
         "with `tfds convert_format --dataset_version_dir "
@@ -210,7 +211,7 @@ def tfds_source(name: str | None = None, split: str = "train",
                 data_dir: str | None = None) -> Sequence[dict[str, Any]]:
   """kind="tfds": `get_source`, with an error when the name is not set."""
   if not name:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         "data.name is not set: name a TFDS dataset (e.g. 'sklearn_digits'), "
         "or set data.kind to one of: "
         f"{', '.join(sorted(k for k in SOURCE_KINDS if k != 'tfds'))}.")
@@ -227,7 +228,7 @@ def mixture_source(sources: Sequence[Mapping[str, Any]],
   """
   if isinstance(sources, (str, Mapping)) or not all(
       isinstance(s, Mapping) for s in sources):
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         "data.sources of a mixture must be a list of data dicts, e.g. "
         "[dict(name='cifar10'), dict(kind='imagefolder', path='/data/x')].")
   return mixture.Mixture([from_config(s) for s in sources], weights,
@@ -239,6 +240,7 @@ def mixture_source(sources: Sequence[Mapping[str, Any]],
 SOURCE_KINDS: dict[str, Callable[..., Sequence[dict[str, Any]]]] = {
     "tfds": tfds_source,
     "imagefolder": folder.ImageFolder,
+    "image_files": folder.ImageFiles,
     "image_text": image_text.ImageTextFiles,
     "webdataset": image_text.WebDataset,
     "mixture": mixture_source,
@@ -247,6 +249,39 @@ SOURCE_KINDS: dict[str, Callable[..., Sequence[dict[str, Any]]]] = {
 
 def _as_dict(cfg: Any) -> dict[str, Any]:
   return cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+
+
+def check_config(cfg: Mapping[str, Any]
+                 ) -> tuple[Callable[..., Sequence[dict[str, Any]]],
+                            dict[str, Any]]:
+  """Checks a data dict without opening anything; returns (builder, kwargs).
+
+  Raises:
+    ConfigError: unknown kind or key (naming the closest valid one), or a
+      required key missing; for a mixture, the same for each of its sources.
+  """
+  if not isinstance(cfg, Mapping) and not hasattr(cfg, "to_dict"):
+    raise checks.ConfigError(
+        f"data={cfg!r}: it must be a dict, e.g. dict(name='sklearn_digits', "
+        "split='train').")
+  kwargs = _as_dict(cfg)
+  kind = kwargs.pop("kind", "tfds")
+  factory = checks.lookup(SOURCE_KINDS, kind, "data.kind")
+  names, _ = checks.accepted_kwargs(factory)
+  try:
+    checks.check_keys(kwargs, names | {"kind"}, "data")
+  except checks.ConfigError as e:
+    raise checks.ConfigError(f"{e} (With data.kind={kind!r}.)") from None
+  for param in inspect.signature(factory).parameters.values():
+    if param.default is param.empty and param.name not in kwargs:
+      raise checks.ConfigError(
+          f"data.{param.name} is not set; kind={kind!r} needs it. See "
+          f"{factory.__module__}.{factory.__qualname__}.")
+  if kind == "mixture" and isinstance(kwargs.get("sources"), Sequence):
+    for source in kwargs["sources"]:
+      if isinstance(source, Mapping):
+        check_config(source)
+  return factory, kwargs
 
 
 def from_config(cfg: Mapping[str, Any]) -> Sequence[dict[str, Any]]:
@@ -261,20 +296,8 @@ def from_config(cfg: Mapping[str, Any]) -> Sequence[dict[str, Any]]:
     numpy values / str.
 
   Raises:
-    ConfigError: unknown kind or key (naming the closest valid one), a
-      required key missing, missing or empty files and folders.
+    ConfigError: as `check_config`, and for missing or empty files and
+      folders, or a TFDS dataset that is not prepared.
   """
-  kwargs = _as_dict(cfg)
-  kind = kwargs.pop("kind", "tfds")
-  factory = config_lib.lookup(SOURCE_KINDS, kind, "data.kind")
-  names, _ = config_lib.accepted_kwargs(factory)
-  try:
-    config_lib.check_keys(kwargs, names | {"kind"}, "data")
-  except config_lib.ConfigError as e:
-    raise config_lib.ConfigError(f"{e} (With data.kind={kind!r}.)") from None
-  for param in inspect.signature(factory).parameters.values():
-    if param.default is param.empty and param.name not in kwargs:
-      raise config_lib.ConfigError(
-          f"data.{param.name} is not set; kind={kind!r} needs it. See "
-          f"{factory.__module__}.{factory.__qualname__}.")
+  factory, kwargs = check_config(cfg)
   return factory(**kwargs)

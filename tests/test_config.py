@@ -14,8 +14,20 @@ def test_resolve_fills_defaults_for_missing_keys():
   c = config_lib.resolve(_minimal(input={"batch_size": 8}))
   assert c.input.batch_size == 8
   assert c.input.num_threads == 2
-  assert c.mixing.mixup_alpha == 0.0
+  assert c.objective.name == "supervised"
   assert c.log_every_steps == config_lib.defaults().log_every_steps
+
+
+def test_moved_loss_and_mixing_keys_point_to_the_objective_section():
+  for key in ("loss", "mixing"):
+    with pytest.raises(config_lib.ConfigError,
+                       match=rf"config.{key} moved to config.objective.{key}"):
+      config_lib.resolve(_minimal(**{key: {}}))
+
+
+def test_an_objective_given_as_a_string_asks_for_a_section():
+  with pytest.raises(config_lib.ConfigError, match="it is a section"):
+    config_lib.resolve(_minimal(objective="supervised"))
 
 
 def test_misspelled_top_level_key_names_closest_valid_key():

@@ -65,7 +65,8 @@ class Checkpointer:
   """Saves and restores (state, data_state, metadata) at integer steps."""
 
   def __init__(self, directory: str, *, keep_last: int = 3,
-               keep_every: int | None = None, async_save: bool = True):
+               keep_every: int | None = None, async_save: bool = True,
+               read_only: bool = False):
     """Opens (creating if needed) a checkpoint directory.
 
     Args:
@@ -74,6 +75,8 @@ class Checkpointer:
       keep_every: also keep every step that is a multiple of this, if set.
       async_save: if True, `save` returns once the state is copied to host
         memory and the write finishes in the background.
+      read_only: only restore; leave unfinished saves alone (another run may
+        be writing them), never write or delete anything.
     """
     if not isinstance(keep_last, int) or keep_last < 1:
       raise ConfigError(
@@ -92,7 +95,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         enable_async_checkpointing=async_save,
         preservation_policy=policies.AnyPreservationPolicy(keep),
-        cleanup_tmp_directories=True)
+        cleanup_tmp_directories=not read_only, read_only=read_only,
+        create=not read_only)
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, handler_registry=handler_registry())
 

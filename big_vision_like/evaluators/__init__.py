@@ -1,24 +1,54 @@
-"""Evaluators, chosen by `config.evals.<name>.type` from an explicit table."""
+"""Evaluators, chosen by `config.evals.<name>.type` from an explicit table.
+
+Each evaluator declares its config fields as a `Config` dataclass (see
+`base.py`); `parse` checks a `config.evals.<name>` section against it without
+opening any data, and `build` makes the evaluator with the objective's
+predict function named by its `pred` field.
+"""
+
+from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
 import jax
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
+from big_vision_like import objectives
+from big_vision_like.evaluators import base
 from big_vision_like.evaluators import classification
+from big_vision_like.evaluators.base import Results  # noqa: F401
 
-EVALUATORS = {"classification": classification.Evaluator}
+EVALUATORS: dict[str, Any] = {"classification": classification.Evaluator}
 
 
-def build(name: str, cfg: Mapping[str, Any], objective: Any,
-          data_sharding: jax.sharding.Sharding) -> Any:
-  """The evaluator for `config.evals.<name>`; checks its keys first."""
-  cfg = dict(cfg)
+def parse(name: str, cfg: Mapping[str, Any]) -> tuple[type, Any]:
+  """(evaluator class, its Config) for `config.evals.<name>`.
+
+  Raises:
+    ConfigError: missing or unknown type, unknown or missing field (naming
+      the closest), or a bad data dict or pp spec.
+  """
+  cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
   where = f"config.evals.{name}"
   if "type" not in cfg:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"{where}.type is missing; choose one of: {', '.join(EVALUATORS)}.")
-  cls = config_lib.lookup(EVALUATORS, cfg.pop("type"), f"{where}.type")
-  config_lib.check_kwargs(cls, cfg, where)
-  return cls(objective, data_sharding, **cfg)
+  cls = checks.lookup(EVALUATORS, cfg.pop("type"), f"{where}.type")
+  checks.check_kwargs(cls.Config, cfg, where)
+  try:
+    return cls, cls.Config(**cfg)
+  except TypeError as e:  # A required field is missing.
+    raise checks.ConfigError(f"{where}: {e}.") from None
+  except checks.ConfigError as e:
+    raise checks.ConfigError(f"{where}: {e}") from None
+
+
+def build(name: str, cfg: Mapping[str, Any], objective: objectives.Objective,
+          data_sharding: jax.sharding.Sharding) -> base.Evaluator:
+  """The evaluator for `config.evals.<name>`, given the predict function
+  its `pred` names (the objective itself is not passed on)."""
+  cls, parsed = parse(name, cfg)
+  predict = objectives.predict_fn(objective, parsed.pred,
+                                  f"config.evals.{name}.pred")
+  return cls(parsed, predict, data_sharding)

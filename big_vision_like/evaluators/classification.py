@@ -1,4 +1,4 @@
-"""Classification evaluator: top-1, top-5 and loss on a held-out split.
+"""Classification evaluator: top-1, top-5, loss and per-class counts.
 
 Every example of the split is counted exactly once, across all processes:
 the eval iterator pads the last batch and marks real examples in "_mask".
@@ -6,24 +6,23 @@ the eval iterator pads the last batch and marks real examples in "_mask".
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from collections.abc import Mapping
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from input_pipeline import pipeline
-from input_pipeline import preprocess
-from input_pipeline import sources
-
-PyTree = Any
+from big_vision_like import checks
+from big_vision_like import losses
+from big_vision_like.evaluators import base
+from big_vision_like.objectives.base import PredictFn
 
 
 def _counts(logits_BxC: jax.Array, labels_BxC: jax.Array, mask_B: jax.Array,
             loss_fn) -> dict[str, jax.Array]:
-  """Sums over real examples of correct@1, correct@5 and loss."""
+  """Sums over real examples: correct@1, correct@5, loss, count, and per
+  class (by the label's argmax) the examples and the top-1 hits."""
   mask = mask_B.astype(jnp.float32)
   logits = logits_BxC.astype(jnp.float32)
   # An answer is right when its class carries positive label mass: this also
@@ -33,57 +32,66 @@ def _counts(logits_BxC: jax.Array, labels_BxC: jax.Array, mask_B: jax.Array,
   k = min(5, logits.shape[-1])
   _, topk = jax.lax.top_k(logits, k)
   hitk = jnp.any(jnp.take_along_axis(labels_BxC, topk, axis=-1) > 0, axis=-1)
+  true_BxC = jax.nn.one_hot(jnp.argmax(labels_BxC, axis=-1),
+                            logits.shape[-1]) * mask[:, None]
   return {
       "correct@1": jnp.sum(hit1 * mask),
       "correct@5": jnp.sum(hitk * mask),
       "loss": jnp.sum(loss_fn(logits, labels_BxC) * mask),
       "count": jnp.sum(mask),
+      "class_count": jnp.sum(true_BxC, axis=0),
+      "class_correct@1": jnp.sum(true_BxC * hit1[:, None], axis=0),
   }
 
 
 @functools.cache
-def _eval_step(objective: Any):
-  """One jitted step per objective, shared by all its evaluators."""
+def _eval_step(predict_fn: PredictFn, loss_name: str):
+  """One jitted step per (predict function, loss): evaluators that share
+  them and their batch shapes compile once."""
+  loss_fn = losses.LOSSES[loss_name]
 
   def eval_step(params, model_state, batch):
-    logits, _ = objective.apply(params, model_state, batch["image"],
-                                train=False)
-    return _counts(logits, batch["labels"], batch["_mask"], objective.loss_fn)
+    logits, _ = predict_fn(params, model_state, batch)
+    return _counts(logits, batch["labels"], batch["_mask"], loss_fn)
 
   return jax.jit(eval_step)
 
 
-class Evaluator:
-  """Runs a model over a split and reports prec@1, prec@5 and loss."""
+@dataclasses.dataclass(frozen=True)
+class Config(base.DataConfig):
+  """loss_name: the loss reported as "loss" (a key of `losses.LOSSES`)."""
+  loss_name: str = "softmax_xent"
 
-  def __init__(self, objective: Any, data_sharding: jax.sharding.Sharding, *,
-               data: Mapping[str, Any], pp: str, batch_size: int,
-               every_steps: int | None = None, num_threads: int = 2):
-    """`data` is {name, split, data_dir}; `batch_size` is global."""
-    preprocess.validate(pp)
-    self.every_steps = every_steps
-    self._objective = objective
-    self._sharding = data_sharding
-    self._source = sources.from_config(data)
-    self._iterator = pipeline.make_eval_iterator(
-        self._source, preprocess.build(pp), global_batch_size=batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        num_threads=num_threads)
-    self._step = _eval_step(objective)
+  def __post_init__(self):
+    super().__post_init__()
+    checks.lookup(losses.LOSSES, self.loss_name, "loss_name")
 
-  def run(self, params: PyTree, model_state: PyTree) -> dict[str, float]:
+
+class Evaluator(base.DatasetEvaluator):
+  """prec@1 (the headline), prec@5, loss; per-class counts as arrays."""
+
+  Config = Config
+
+  def __init__(self, cfg: Config, predict_fn: PredictFn,
+               data_sharding: jax.sharding.Sharding):
+    super().__init__(cfg, data_sharding, keys=("image", "labels"))
+    self._step = _eval_step(predict_fn, cfg.loss_name)
+
+  def run(self, params: base.PyTree, model_state: base.PyTree) -> base.Results:
     totals = None
-    for local_batch in self._iterator:
-      local_batch = {k: local_batch[k] for k in ("image", "labels", "_mask")}
-      batch = pipeline.to_global(local_batch, self._sharding)
+    for batch in self.batches():
       counts = self._step(params, model_state, batch)
       totals = counts if totals is None else jax.tree.map(jnp.add, totals,
                                                           counts)
     if totals is None:
       raise ValueError("The evaluation split is empty.")
-    totals = jax.tree.map(lambda x: float(np.asarray(x)), totals)
-    n = max(totals["count"], 1.0)
-    return {"prec@1": totals["correct@1"] / n,
-            "prec@5": totals["correct@5"] / n,
-            "loss": totals["loss"] / n,
-            "num_examples": totals["count"]}
+    totals = jax.tree.map(lambda x: np.asarray(x, np.float64), totals)
+    n = max(float(totals["count"]), 1.0)
+    return base.Results(
+        scalars={"prec@1": float(totals["correct@1"]) / n,
+                 "prec@5": float(totals["correct@5"]) / n,
+                 "loss": float(totals["loss"]) / n,
+                 "num_examples": float(totals["count"])},
+        headline="prec@1",
+        arrays={"class_count": totals["class_count"].astype(np.int64),
+                "class_correct@1": totals["class_correct@1"].astype(np.int64)})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -95,8 +96,10 @@ class GroupNorm(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """(n, h, w, c) -> (n, h, w, c), statistics in float32."""
     n, h, w, c = x.shape
-    y = x.astype(jnp.float32).reshape(n, h, w, self.num_groups, -1)
-    y = _standardize(y, axis=(1, 2, 4), eps=1e-5).reshape(n, h, w, c)
+    y = einops.rearrange(x.astype(jnp.float32), "n h w (g c) -> n h w g c",
+                         g=self.num_groups)
+    y = einops.rearrange(_standardize(y, axis=(1, 2, 4), eps=1e-5),
+                         "n h w g c -> n h w (g c)")
     names = (None, None, None, "conv_out")
     scale = self.param("scale", common.partitioned(nn.initializers.ones, names),
                        (1, 1, 1, c))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -328,7 +329,7 @@ class ViT(nn.Module):
         bias_init=common.partitioned(nn.initializers.zeros, ("embed",)),
     )(image)
     n, h, w, d = x.shape
-    x = jnp.reshape(x, [n, h * w, d])
+    x = einops.rearrange(x, "n h w d -> n (h w) d")
 
     # The position embedding is added before the class token is prepended.
     if self.posemb == "learn":
@@ -363,7 +364,8 @@ class ViT(nn.Module):
     elif self.pool_type == "tok":
       x, encoded = x[:, 0], encoded[:, 1:]
     x = out["head_input"] = x.astype(jnp.float32)
-    x_2d = jnp.reshape(encoded, [n, h, w, d]).astype(jnp.float32)
+    x_2d = einops.rearrange(encoded, "n (h w) d -> n h w d", h=h, w=w
+                            ).astype(jnp.float32)
 
     if self.rep_size:
       rep_size = d if self.rep_size is True else self.rep_size

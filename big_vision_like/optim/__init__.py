@@ -193,3 +193,16 @@ def make(optim_cfg: Mapping[str, Any], schedule_cfg: Mapping[str, Any],
   def lr_fn(step: jnp.ndarray) -> jnp.ndarray:
     return common.lr * schedule((step // k) * k)
   return tx, lr_fn
+
+
+def validate(optim_cfg: Mapping[str, Any], schedule_cfg: Mapping[str, Any],
+             total_steps: int | None) -> None:
+  """Checks `config.optim` and `config.schedule` keys and values without
+  parameters (which parameters the patterns match is checked by `make`).
+
+  Args:
+    total_steps: the run's length if known yet (None with total_epochs: the
+      schedule's checks against it wait for `make`).
+  """
+  _parse(optim_cfg)
+  schedules.create(schedule_cfg, total_steps or 2**31 - 1)

@@ -11,8 +11,8 @@ another run's weights.
   * `init_from`: fine-tuning. `config.init_from = dict(path=..., step=None,
     partial=False)` loads the params and model state (not the optimizer
     state or step) of another run when this workdir has no checkpoint yet:
-      path     that run's workdir, or its checkpoints directory; point it at
-               a finished run (opening it cleans up unfinished saves).
+      path     that run's workdir, or its checkpoints directory (read only:
+               it may still be training).
       step     the checkpoint step; None: the newest.
       partial  False: the checkpoint must hold exactly this model's leaves.
                True: load the leaves whose path and shape match, keep the
@@ -49,6 +49,7 @@ MAY_CHANGE = (
     "input.num_threads", "input.prefetch", "input.data.data_dir")
 INIT_FROM_DEFAULTS = {"path": None, "step": None, "partial": False}
 _SHOWN = 20  # Differences listed in an error message.
+PyTree = Any
 
 
 def metadata(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
@@ -152,9 +153,99 @@ def restore(ckpt: ckpt_lib.Checkpointer, abstract_state: state_lib.TrainState
   return step, state, data_state
 
 
-def _checkpoint_dir(path: str) -> str:
+def checkpoint_dir(path: str) -> str:
+  """`path/checkpoints` if it holds checkpoints (a workdir), else `path`."""
   nested = f"{path.rstrip('/')}/checkpoints"
   return nested if ckpt_lib.committed_steps(nested) else path
+
+
+def find_checkpoints(path: str, what: str) -> str:
+  """The checkpoints directory of the run at `path` (a workdir or its
+  checkpoints directory).
+
+  Raises:
+    ConfigError: `path` does not exist or holds no checkpoint; the message
+      names `what` set it.
+  """
+  if not path or not tf_exists(str(path)):
+    raise config_lib.ConfigError(
+        f"{what}: '{path}' does not exist. Give the workdir (or checkpoints "
+        "directory) of a run that has saved a checkpoint.")
+  directory = checkpoint_dir(str(path))
+  if not ckpt_lib.committed_steps(directory):
+    raise config_lib.ConfigError(
+        f"{what}: no checkpoint in '{path}' (nor in its checkpoints/ "
+        "directory). Give the workdir of a run that has saved one.")
+  return directory
+
+
+def load_variables(path: str, step: int | None, wanted: PyTree, *,
+                   fallback: PyTree | None = None,
+                   what: str = "config.init_from") -> tuple[int, PyTree]:
+  """Reads the leaves of `wanted` (abstract arrays with shardings, e.g.
+  {"params": ..., "model_state": ...}) from a run's checkpoint, without
+  reading the rest (optimizer state, ...).
+
+  Args:
+    path: a workdir or its checkpoints directory.
+    step: the checkpoint step; None: the newest.
+    wanted: the tree to read, as jax.ShapeDtypeStructs with shardings.
+    fallback: arrays of `wanted`'s structure: read the leaves whose path and
+      shape match and take the others from here (logging both lists). None:
+      any difference is an error.
+    what: how the error messages name the setting that chose `path`.
+
+  Returns:
+    (step, the tree read).
+
+  Raises:
+    ConfigError: no such directory, no checkpoint, no such step, or (not
+      partial) a checkpoint whose leaves differ from `wanted`, listing them.
+    CheckpointError: the checkpoint cannot be read.
+  """
+  directory = find_checkpoints(path, what)
+  steps = ckpt_lib.committed_steps(directory)
+  if step is None:
+    step = steps[-1]
+  elif int(step) not in steps:
+    raise config_lib.ConfigError(
+        f"{what}: no checkpoint of step {step} in '{directory}'; its steps "
+        f"are {steps}.")
+  step = int(step)
+  source = ckpt_lib.Checkpointer(directory, read_only=True)
+  try:
+    try:  # Fails before reading any array if the trees differ.
+      loaded = source.restore(wanted, step=step)[1]
+      missing, unused, shapes = [], [], {}
+    except ckpt_lib.CheckpointMismatchError as e:
+      missing, shapes = e.missing, e.shape_mismatches
+      unused = [n for n in e.unexpected if n.split("/")[0] in wanted]
+      loaded = None
+    if missing or unused or shapes:
+      differences = _differences(missing, unused, shapes)
+      if fallback is None:
+        raise config_lib.ConfigError(
+            f"{what}: step {step} in '{directory}' is a checkpoint of another "
+            f"model:\n{differences}\nUse the config that wrote it"
+            + (", or set config.init_from.partial=True to load only the "
+               "leaves that match (fine-tuning)." if what ==
+               "config.init_from" else "."))
+      log.warning("%s step %d of %s, partially; leaves not loaded:\n%s",
+                  what, step, directory, differences)
+    if loaded is None:  # Read only the leaves of `wanted`; without a
+      # fallback, every one of them is in the checkpoint (checked above).
+      loaded = source.restore(
+          wanted, step=step, partial=True,
+          fallback=wanted if fallback is None else fallback)[1]
+  finally:
+    source.close()
+  return step, loaded
+
+
+def tf_exists(path: str) -> bool:
+  """Whether `path` exists, also on remote filesystems (gs://...)."""
+  from etils import epath
+  return epath.Path(path).exists()
 
 
 def init_from(cfg: Mapping[str, Any], state: state_lib.TrainState,
@@ -176,42 +267,15 @@ def init_from(cfg: Mapping[str, Any], state: state_lib.TrainState,
     raise config_lib.ConfigError(
         "config.init_from.path is not set: give the workdir (or checkpoints "
         "directory) of the run whose weights to load.")
-  directory = _checkpoint_dir(str(cfg["path"]))
-  steps = ckpt_lib.committed_steps(directory)
-  if not steps:
-    raise config_lib.ConfigError(
-        f"config.init_from.path: no checkpoint in '{cfg['path']}' (nor in "
-        "its checkpoints/ directory).")
-  step = steps[-1] if cfg["step"] is None else int(cfg["step"])
   # Only what a model is made of; the checkpoint also holds opt_state etc.
   wanted = {"params": state.params, "model_state": state.model_state}
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       wanted)
-  source = ckpt_lib.Checkpointer(directory)
-  try:
-    try:  # Fails before reading any array if the trees differ.
-      loaded = source.restore(abstract, step=step)[1]
-      missing, unused, shapes = [], [], {}
-    except ckpt_lib.CheckpointMismatchError as e:
-      missing, shapes = e.missing, e.shape_mismatches
-      unused = [n for n in e.unexpected if n.split("/")[0] in wanted]
-      loaded = None
-    if missing or unused or shapes:
-      differences = _differences(missing, unused, shapes)
-      if not cfg["partial"]:
-        raise config_lib.ConfigError(
-            f"config.init_from: step {step} in '{directory}' does not fit "
-            f"the model:\n{differences}\nSet config.init_from.partial=True "
-            "to load only the leaves that match (fine-tuning).")
-      log.warning("init_from step %d of %s, partially; leaves not loaded:\n%s",
-                  step, directory, differences)
-    if loaded is None:
-      loaded = source.restore(abstract, step=step, partial=True,
-                              fallback=wanted)[1]
-  finally:
-    source.close()
-  log.info("Initialised the model from step %d of %s.", step, directory)
+  step, loaded = load_variables(
+      str(cfg["path"]), cfg["step"], abstract,
+      fallback=wanted if cfg["partial"] else None)
+  log.info("Initialised the model from step %d of %s.", step, cfg["path"])
   create = lambda p, s: state_lib.create({"params": p, **s}, tx)
   return jax.jit(create, out_shardings=state_shardings)(
       loaded["params"], loaded["model_state"])

@@ -2,8 +2,9 @@
 
 Read top to bottom: config and workdir, mesh, data, model and optimizer,
 sharded state, restore, step function, evaluators, loop. What differs between
-supervised and contrastive training lives in `big_vision_like/objectives.py`;
-how a run starts (resume, or initialise, optionally from another run's
+supervised and contrastive training lives in `big_vision_like/objectives/`;
+the setup steps that evaluation and benchmarks share are the named functions
+of `big_vision_like/setup.py`; how a run starts (resume, or initialise, optionally from another run's
 weights: `config.init_from`) in `resume.py`, preemption notices in
 `preemption.py`, metric windows in `progress.py`.
 
@@ -49,23 +50,19 @@ from typing import Any
 import flax.linen as nn
 import jax
 import ml_collections
-import numpy as np
 
 from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import config as config_lib
 from big_vision_like import evaluators as evaluators_lib
+from big_vision_like import hardware
 from big_vision_like import metric_writer
-from big_vision_like import models
-from big_vision_like import objectives
 from big_vision_like import optim
+from big_vision_like import setup
 from big_vision_like import sharding
 from big_vision_like.trainers import preemption
 from big_vision_like.trainers import progress
 from big_vision_like.trainers import resume
 from big_vision_like.trainers import state as state_lib
-from input_pipeline import pipeline
-from input_pipeline import prefetch
-from input_pipeline import preprocess
 from input_pipeline import sources
 
 # Progress lines; main.py shows this logger at INFO while libraries stay at
@@ -78,10 +75,6 @@ EXIT_NONFINITE = 3
 EXIT_CHECKPOINT = 4
 EXIT_PREEMPTED = 42
 
-# Config keys of the loop that must be integers >= 1.
-_POSITIVE_KEYS = ("log_every_steps", "ckpt_every_steps",
-                  "max_consecutive_nonfinite")
-
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   """Trains and evaluates per `config`, checkpointing into `workdir`.
@@ -93,7 +86,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     ConfigError: a bad config or input (main.py maps it to EXIT_CONFIG).
   """
   config = config_lib.resolve(config)
-  _check_loop_keys(config)
   mock = (sources.mock_data(config.mock_examples) if config.mock_examples
           else contextlib.nullcontext())
   try:
@@ -108,20 +100,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
   except ckpt_lib.CheckpointError as e:
     log.error("Checkpoint failure: %s", e)
     return EXIT_CHECKPOINT
-
-
-def _check_loop_keys(config: ml_collections.ConfigDict) -> None:
-  for key in _POSITIVE_KEYS:
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise config_lib.ConfigError(
-          f"config.{key}={value!r}: it must be an integer >= 1.")
-  for key in ("total_steps", "total_epochs"):
-    value = config[key]
-    if value is not None and (not isinstance(value, (int, float))
-                              or isinstance(value, bool) or value <= 0):
-      raise config_lib.ConfigError(
-          f"config.{key}={value!r}: it must be a positive number.")
 
 
 def _check_workdir(workdir: str) -> None:
@@ -142,62 +120,39 @@ def _total_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
 def _run(config: ml_collections.ConfigDict, workdir: str,
          notice: preemption.Notice, cleanup: contextlib.ExitStack) -> int:
   # ------------------------------------------------------------ config, workdir
+  objective = setup.validate(config)  # Every section, before any data.
   _check_workdir(workdir)
-  preprocess.validate(config.input.pp)
-  for ev in config.evals.values():
-    if "pp" in ev:
-      preprocess.validate(ev.pp)
-  model = models.build(config.model_name, config.model)
-  objective = objectives.build(config.objective, model, config)
 
   # ----------------------------------------------------------------------- mesh
-  mesh = sharding.make_mesh(config.mesh, config.dcn_mesh)
-  rules = sharding.rules_preset(config.sharding.preset)
-  data_sharding = sharding.data_sharding(mesh, rules)
-  log.info("Mesh %s on %d devices, %d processes.", dict(mesh.shape),
+  env = setup.make_env(config)
+  log.info("Mesh %s on %d devices, %d processes.", dict(env.mesh.shape),
            jax.device_count(), jax.process_count())
 
   # ----------------------------------------------------------------------- data
   train_source = sources.from_config(config.input.data)
-  pp_fn = preprocess.build(config.input.pp)
   total_steps = _total_steps(config, len(train_source))
-  batch_spec = pipeline.element_spec(train_source, pp_fn,
-                                     config.input.batch_size)
-  batch_spec = {k: batch_spec[k] for k in objective.input_keys}
-  # Batches arrive as global arrays on `data_sharding`, prepared and copied
+  # Batches arrive as global arrays on the data sharding, prepared and copied
   # ahead in a thread; the iterator's state is that of the last one taken.
-  train_iter = cleanup.enter_context(contextlib.closing(
-      prefetch.DevicePrefetch(
-          pipeline.make_train_iterator(
-              train_source, pp_fn, global_batch_size=config.input.batch_size,
-              seed=config.seed, process_index=jax.process_index(),
-              process_count=jax.process_count(),
-              num_threads=config.input.num_threads,
-              prefetch=config.input.prefetch),
-          lambda local: pipeline.to_global(
-              {k: local[k] for k in objective.input_keys}, data_sharding),
-          size=config.input.prefetch_to_device)))
+  train_iter, batch_spec = setup.train_input(config, objective, env,
+                                             train_source)
+  cleanup.enter_context(contextlib.closing(train_iter))
 
   # ------------------------------------------------------ model and optimizer
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
-  abstract_vars = jax.eval_shape(objective.init, init_rng, batch_spec)
+  abstract_vars = setup.abstract_variables(objective, batch_spec, init_rng)
   tx, lr_fn = optim.make(config.optim, config.schedule,
                          nn.unbox(abstract_vars["params"]), total_steps)
-  n_params = sum(np.prod(x.shape) for x in
-                 jax.tree.leaves(nn.unbox(abstract_vars["params"])))
-  log.info("Model %s: %s parameters.", config.model_name, f"{n_params:,}")
+  log.info("Model %s: %s parameters.", config.model_name,
+           f"{setup.num_params(abstract_vars):,}")
+  flops_per_step = setup.train_flops(objective, abstract_vars, batch_spec)
+  peak_flops, peak_source = hardware.peak_flops_per_device(
+      str(config.model.get("dtype", None) or "float32"))
+  log.info("%.3g model FLOPs a step; peak %.3g FLOP/s per device (%s).",
+           flops_per_step, peak_flops, peak_source)
 
   # -------------------------------------------------------------- sharded state
-  def init_state(rng):
-    return state_lib.create(nn.unbox(objective.init(rng, batch_spec)), tx)
-
-  abstract_state = jax.eval_shape(init_state, init_rng)
-  state_shardings = sharding.state_shardings(
-      abstract_vars, abstract_state, tx, mesh, rules,
-      config.sharding.overrides)
-  abstract_state = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract_state, state_shardings)
+  abstract_state, state_shardings = setup.sharded_train_state(
+      objective, tx, batch_spec, init_rng, env, config.sharding.overrides)
 
   # ----------------------------------------------------------------- restore
   ckpt_dir = os.path.join(workdir, "checkpoints")
@@ -210,9 +165,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     train_iter.set_state(data_state)
     log.info("Resumed from step %d.", step)
   else:
-    # Outside `use_mesh`: out_shardings alone places the state, and flax's
-    # attention kernels fail their logical constraint at init under rules.
-    state = jax.jit(init_state, out_shardings=state_shardings)(init_rng)
+    state = setup.create_train_state(objective, tx, batch_spec, init_rng,
+                                     state_shardings)
     if config.init_from:
       state = resume.init_from(config.init_from, state, tx, state_shardings)
     step = 0
@@ -221,35 +175,34 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     return EXIT_DONE
   train_iter.start()  # The first batches get ready while the step compiles.
 
-  with sharding.use_mesh(mesh, rules):
+  with sharding.use_mesh(env.mesh, env.rules):
     # ------------------------------------------------------------ step function
     # Compiled ahead of the loop, so that the first progress window times
     # training alone.
     t = time.perf_counter()
-    abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                              sharding=data_sharding)
-                      for k, v in batch_spec.items()}
-    train_step = jax.jit(
-        state_lib.make_train_step(objective.loss, tx, lr_fn, step_rng),
-        in_shardings=(state_shardings, data_sharding),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=(0,)).lower(abstract_state, abstract_batch).compile()
+    train_step = setup.compile_train_step(
+        objective, tx, lr_fn, step_rng, abstract_state, state_shardings,
+        batch_spec, env)
     log.info("Compiled the train step in %.1f s.", time.perf_counter() - t)
 
     # --------------------------------------------------------------- evaluators
-    evals = {name: evaluators_lib.build(name, cfg, objective, data_sharding)
+    evals = {name: evaluators_lib.build(name, cfg, objective,
+                                        env.data_sharding)
              for name, cfg in config.evals.items()}
 
     # --------------------------------------------------------------------- loop
     writer = cleanup.enter_context(contextlib.closing(
         metric_writer.MetricWriter(workdir)))
-    metadata = resume.metadata(config, mesh)
+    metadata = resume.metadata(config, env.mesh)
 
     def save(at_step: int, state: state_lib.TrainState) -> None:
       ckpt.save(at_step, state, data_state=train_iter.get_state(),
                 metadata=metadata)
 
-    window = progress.Window(writer, step, total_steps, config.input.batch_size)
+    window = progress.Window(writer, step, total_steps, config.input.batch_size,
+                             flops_per_step, peak_flops * jax.device_count())
+    profile = cleanup.enter_context(contextlib.closing(
+        progress.Profile(config.profile, workdir)))
     pending = None  # (step, device metrics) of the previous step.
     while step < total_steps:
       if notice.reached(step):
@@ -261,6 +214,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
         save(step, state)
         ckpt.wait()
         return EXIT_PREEMPTED
+      profile.at(step)
       t = time.perf_counter()
       batch = next(train_iter)
       window.data_wait += time.perf_counter() - t
@@ -316,9 +270,16 @@ def _evaluate(name: str, evaluator: Any, state: state_lib.TrainState,
               step: int, writer: metric_writer.MetricWriter,
               final: bool) -> None:
   results = evaluator.run(state.params, state.model_state)
-  writer.write(step, {f"{name}/{k}": v for k, v in results.items()})
+  report(name, results, step, writer, final=final)
+
+
+def report(name: str, results: evaluators_lib.Results, step: int,
+           writer: metric_writer.MetricWriter, final: bool) -> None:
+  """Writes and logs evaluator `name`'s results; at the end of a run, also
+  prints its headline metric on stdout."""
+  writer.write_results(step, name, results)
   log.info("Step %d %s: %s", step, name, ", ".join(
-      f"{k}={v:.4f}" for k, v in results.items()))
-  if final and jax.process_index() == 0 and "prec@1" in results:
-    print(f"Final {name} accuracy (prec@1): {results['prec@1']:.4f}",
-          flush=True)
+      f"{k}={v:.4f}" for k, v in results.scalars.items()))
+  if final and jax.process_index() == 0:
+    print(f"Final {name} {results.headline}: "
+          f"{results.scalars[results.headline]:.4f}", flush=True)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
 from input_pipeline.ops import general
 from input_pipeline.ops import image_transforms as T
 from input_pipeline.ops.general import Op
@@ -134,7 +134,7 @@ def autoaugment(policy: str = "v0", translate_const: float = 250,
   Returns:
     The op.
   """
-  sub_policies = config_lib.lookup(POLICIES, policy, "autoaugment policy")
+  sub_policies = checks.lookup(POLICIES, policy, "autoaugment policy")
   names = sorted({name for steps in sub_policies for name, _, _ in steps})
   # Per step j: [sub-policy] tables of op index, probability and argument.
   tables = [
@@ -191,7 +191,7 @@ def random_erasing(probability: float = 0.5, min_area: float = 0.02,
   Returns:
     The op.
   """
-  config_lib.lookup(dict.fromkeys(ERASE_MODES), mode, "random_erasing mode")
+  checks.lookup(dict.fromkeys(ERASE_MODES), mode, "random_erasing mode")
   max_count = max_count or min_count
   log_aspect = (math.log(min_aspect), math.log(max_aspect or 1 / min_aspect))
 
@@ -244,12 +244,12 @@ def _jitter_range(value: float | Sequence[float], name: str, center: float,
   """
   if isinstance(value, (int, float)):
     if value < 0:
-      raise config_lib.ConfigError(f"color_jitter {name}={value} must be >= 0.")
+      raise checks.ConfigError(f"color_jitter {name}={value} must be >= 0.")
     lo, hi = max(center - value, bounds[0]), center + value
   else:
     lo, hi = value
   if not bounds[0] <= lo <= hi <= bounds[1]:
-    raise config_lib.ConfigError(
+    raise checks.ConfigError(
         f"color_jitter {name} range ({lo}, {hi}) must lie in {bounds} with "
         "lo <= hi.")
   return None if lo == hi == center else (lo, hi)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
 from input_pipeline.ops import general
 from input_pipeline.ops.general import Op
 
@@ -40,7 +40,7 @@ def resize_image(image: tf.Tensor, size: Sequence[int] | tf.Tensor,
                  method: str = "bilinear", antialias: bool = False
                  ) -> tf.Tensor:
   """Resizes [h, w, c] `image` to `size` ([H, W]), keeping its dtype."""
-  tf_method = config_lib.lookup(RESIZE_METHODS, method, "resize method")
+  tf_method = checks.lookup(RESIZE_METHODS, method, "resize method")
   dtype = image.dtype
   out = tf.image.resize(image, size, method=tf_method, antialias=antialias)
   if dtype.is_integer:
@@ -53,7 +53,7 @@ def resize_image(image: tf.Tensor, size: Sequence[int] | tf.Tensor,
 
 def check_resize_method(method: str) -> None:
   """Raises ConfigError naming the closest method if `method` is unknown."""
-  config_lib.lookup(RESIZE_METHODS, method, "resize method")
+  checks.lookup(RESIZE_METHODS, method, "resize method")
 
 
 def resize(size: int | Sequence[int], method: str = "bilinear",

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
 
 # Fill value of pixels that geometric transforms and cutout leave empty.
 REPLACE = 128
@@ -227,7 +227,7 @@ def level_to_arg(name: str, level: float, translate_const: float,
       "TranslateY": frac * translate_const,
       "Cutout": int(frac * cutout_const),
   }
-  return float(config_lib.lookup(args, name, "augmentation"))
+  return float(checks.lookup(args, name, "augmentation"))
 
 
 # The reference's ops by name, as fn(image, arg, rng) with `arg` from

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import tensorflow as tf
 
-from big_vision_like import config as config_lib
+from big_vision_like import checks
 from input_pipeline.ops import general
 from input_pipeline.ops.general import Op
 
@@ -61,7 +61,7 @@ def tokenize(max_len: int, key: str = "text", key_result: str = "text_tokens",
   Returns:
     The op.
   """
-  config_lib.lookup(dict.fromkeys(EOS_MODES), eos, "tokenize eos mode")
+  checks.lookup(dict.fromkeys(EOS_MODES), eos, "tokenize eos mode")
 
   def _op(data):
     text = data[key]

@@ -11,12 +11,25 @@ import pathlib
 import pytest
 
 from big_vision_like import config as config_lib
-from big_vision_like import models
-from input_pipeline import preprocess
+from big_vision_like import setup
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS = sorted(p.name for p in (REPO / "configs").glob("*.py")
                  if p.name not in ("__init__.py", "common.py"))
+
+
+def test_runlocal_shrinks_images_through_the_crop_field():
+  for name in ("vit_s16_i1k", "vit_b16", "resnet50_i1k"):
+    config = config_lib.load(str(REPO / f"configs/{name}.py:runlocal"))
+    specs = [config.input.pp, *(ev.pp for ev in config.evals.values())]
+    assert all("224" not in s for s in specs)
+    assert "inception_crop(32)" in config.input.pp
+
+
+def test_vit_s16_i1k_matches_big_visions_recipe():
+  model = config_lib.load(str(REPO / "configs/vit_s16_i1k.py")).model
+  assert model.rep_size is True and model.pool_type == "gap"
+  assert model.posemb == "sincos2d" and model.variant == "S/16"
 
 
 def test_every_config_is_listed():
@@ -37,10 +50,8 @@ def test_config_docstring_starts_with_launch_command_and_result(name):
 def test_config_resolves_and_validates(name, arg):
   spec = f"configs/{name}" + (f":{arg}" if arg else "")
   config = config_lib.resolve(config_lib.load(str(REPO / spec)))
-  models.build(config.model_name, config.model)
-  preprocess.validate(config.input.pp)
-  for ev in config.evals.values():
-    preprocess.validate(ev.pp)
+  objective = setup.validate(config)  # Every section; opens no data.
+  assert "logits" in objective.predict_fns
 
 
 @pytest.mark.integration

@@ -14,8 +14,7 @@ import optax
 import pytest
 
 from big_vision_like import config as config_lib
-from big_vision_like import models
-from big_vision_like import objectives
+from big_vision_like import setup
 from big_vision_like.checkpoint import tree_paths
 from big_vision_like.trainers import resume
 from big_vision_like.trainers import state as state_lib
@@ -174,8 +173,7 @@ def _fresh_state(config, tx):
   source = sources.from_config(config.input.data)
   batch_spec = pipeline.element_spec(source, preprocess.build(config.input.pp),
                                      8)
-  objective = objectives.build(
-      config.objective, models.build(config.model_name, config.model), config)
+  objective = setup.build_objective(config)
   init = jax.jit(lambda rng: state_lib.create(
       nn.unbox(objective.init(rng, batch_spec)), tx))
   return init(jax.random.key(1))

@@ -144,3 +144,17 @@ def test_window_averages_finite_steps_and_counts_the_skipped_ones():
   assert scalars["train/nonfinite_steps"] == 1
   assert "train/nonfinite" not in scalars
   assert scalars["train/images_per_sec"] > 0
+
+
+def test_the_loop_logs_mfu_and_images_per_device_and_writes_a_profile(
+    tmp_path, digits_data_dir):
+  config = tiny_config(digits_data_dir, total_steps=6, evals={},
+                       profile__start_step=2, profile__num_steps=2)
+  assert train.run(config, str(tmp_path)) == train.EXIT_DONE
+  rows = [r for r in read_metrics(tmp_path) if "train/mfu" in r]
+  assert len(rows) == 6
+  assert all(0 < r["train/mfu"] < 1.5 for r in rows)
+  assert all(r["train/images_per_sec_per_device"] == r["train/images_per_sec"]
+             for r in rows)  # One device.
+  traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
+  assert len(traces) == 1 and traces[0].stat().st_size > 0

@@ -1,0 +1,174 @@
+r"""Benchmark a config's train step: compile, speed, FLOPs, MFU, memory, I/O.
+
+  python -m big_vision_like.bench --config=configs/vit_s16_i1k.py:runlocal \
+      [--steps=10] [--warmup=2] [--mock_examples=64] [--config.a.b=value ...]
+
+Builds everything as the trainer does (`big_vision_like/setup.py`), then
+prints: compile time; the median step time over `--steps` after `--warmup`;
+images/s globally and per device; model FLOPs per step from XLA's cost
+analysis and from the formula (`flops.count`: matmuls and convolutions of
+the forward, times 3); MFU against the device's peak (`hardware.py`); the
+fraction of time spent waiting for data; memory (XLA's memory analysis of
+the step, the devices' peak where they report it, the host's peak RSS); and
+the time an async checkpoint save blocks the loop, and a restore takes. The
+last line is the same as one JSON object.
+
+`--mock_examples=N` feeds mock data of the datasets' real feature spec (no
+files needed; set by the configs' `:runlocal` already).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+
+from big_vision_like import checkpoint as ckpt_lib
+from big_vision_like import config as config_lib
+from big_vision_like import hardware
+from big_vision_like import optim
+from big_vision_like import setup
+from big_vision_like import sharding
+from input_pipeline import sources
+
+
+def _compute_dtype(config: ml_collections.ConfigDict) -> str:
+  return str(config.model.get("dtype", None) or "float32")
+
+
+def _checkpoint_times(state: Any, abstract_state: Any) -> dict[str, float]:
+  with tempfile.TemporaryDirectory() as directory:
+    ckpt = ckpt_lib.Checkpointer(directory)
+    try:
+      t = time.perf_counter()
+      ckpt.save(1, state, data_state={}, metadata={})
+      blocked = time.perf_counter() - t
+      ckpt.wait()
+      committed = time.perf_counter() - t
+      t = time.perf_counter()
+      restored = ckpt.restore(abstract_state)[1]
+      jax.block_until_ready(restored)
+      restore = time.perf_counter() - t
+    finally:
+      ckpt.close()
+  return {"ckpt_save_blocking_s": blocked, "ckpt_save_committed_s": committed,
+          "ckpt_restore_s": restore}
+
+
+def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
+            warmup: int = 2, checkpoint: bool = True) -> dict[str, Any]:
+  """The figures of one config's train step (see the module docstring)."""
+  config = config_lib.resolve(config)
+  objective = setup.validate(config)
+  env = setup.make_env(config)
+  mock = (sources.mock_data(config.mock_examples) if config.mock_examples
+          else contextlib.nullcontext())
+  with mock, contextlib.ExitStack() as cleanup:
+    source = sources.from_config(config.input.data)
+    train_iter, batch_spec = setup.train_input(config, objective, env, source)
+    cleanup.enter_context(contextlib.closing(train_iter))
+    init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
+    abstract_vars = setup.abstract_variables(objective, batch_spec, init_rng)
+    total = warmup + steps
+    tx, lr_fn = optim.make(config.optim, dict(config.schedule, warmup_steps=0),
+                           nn.unbox(abstract_vars["params"]), max(total, 2))
+    abstract_state, shardings = setup.sharded_train_state(
+        objective, tx, batch_spec, init_rng, env, config.sharding.overrides)
+    state = setup.create_train_state(objective, tx, batch_spec, init_rng,
+                                     shardings)
+    formula = setup.train_flops(objective, abstract_vars, batch_spec)
+    train_iter.start()
+    with sharding.use_mesh(env.mesh, env.rules):
+      t = time.perf_counter()
+      step_fn = setup.compile_train_step(objective, tx, lr_fn, step_rng,
+                                         abstract_state, shardings,
+                                         batch_spec, env)
+      compile_s = time.perf_counter() - t
+      times, waits = [], []
+      for i in range(total):
+        t = time.perf_counter()
+        batch = next(train_iter)
+        wait = time.perf_counter() - t
+        state, metrics = step_fn(state, batch)
+        jax.block_until_ready((state, metrics))
+        if i >= warmup:
+          times.append(time.perf_counter() - t)
+          waits.append(wait)
+  cost = step_fn.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  memory = step_fn.memory_analysis()
+  step_s = statistics.median(times)
+  devices = jax.device_count()
+  peak, peak_source = hardware.peak_flops_per_device(_compute_dtype(config))
+  stats = jax.local_devices()[0].memory_stats() or {}
+  figures = {
+      "config_model": config.model_name,
+      "device_kind": jax.devices()[0].device_kind,
+      "devices": devices, "processes": jax.process_count(),
+      "global_batch": config.input.batch_size,
+      "compile_s": compile_s, "step_s_median": step_s,
+      "step_s_min": min(times), "steps_timed": len(times),
+      "images_per_s": config.input.batch_size / step_s,
+      "images_per_s_per_device": config.input.batch_size / step_s / devices,
+      "flops_per_step_xla": float(cost.get("flops", float("nan"))),
+      "flops_per_step_formula": float(formula),
+      "peak_flops_per_device": peak, "peak_source": peak_source,
+      "mfu": formula / step_s / (peak * devices),
+      "data_wait_frac": sum(waits) / sum(times),
+      "xla_temp_bytes": int(memory.temp_size_in_bytes),
+      "xla_argument_bytes": int(memory.argument_size_in_bytes),
+      "xla_output_bytes": int(memory.output_size_in_bytes),
+      "device_peak_bytes": stats.get("peak_bytes_in_use"),
+      "host_peak_rss_bytes": resource.getrusage(
+          resource.RUSAGE_SELF).ru_maxrss * 1024,
+  }
+  if checkpoint:
+    figures.update(_checkpoint_times(state, abstract_state))
+  return figures
+
+
+def _print(figures: dict[str, Any]) -> None:
+  for key, value in figures.items():
+    if isinstance(value, float):
+      value = f"{value:.4g}"
+    print(f"{key:>26}: {value}")
+  print(json.dumps(figures), flush=True)
+
+
+def main(argv: list[str]) -> int:
+  rest, overrides = config_lib.split_overrides(argv)
+  parser = argparse.ArgumentParser(
+      prog="python -m big_vision_like.bench",
+      description=__doc__.split("\n\n")[0])
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--mock_examples", type=int, default=None)
+  parser.add_argument("--no_checkpoint", action="store_true")
+  args = parser.parse_args(rest)
+  try:
+    config = config_lib.resolve(config_lib.load(args.config))
+    if args.mock_examples is not None:
+      overrides["mock_examples"] = args.mock_examples
+    config_lib.apply_overrides(config, overrides)
+    figures = measure(config, steps=args.steps, warmup=args.warmup,
+                      checkpoint=not args.no_checkpoint)
+  except config_lib.ConfigError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    return 2
+  _print(figures)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,73 @@
+"""Peak FLOP/s of the accelerator a run is on, for model FLOPs utilisation.
+
+Published dense peaks per chip (no sparsity), by `jax.Device.device_kind`.
+float32 matmuls run as bf16 passes on TPU (XLA's default precision) and as
+TF32 on A100/H100/H200 (JAX's default precision on those GPUs), so their
+float32 peaks are those rates. On CPU the peak is measured: the rate of a
+large matmul in the same dtype, shared by the host's CPU devices.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+TERA = 1e12
+# device_kind substring -> (bf16, fp32) peak FLOP/s per chip.
+PEAKS = {
+    "TPU v4": (275 * TERA, 275 * TERA),
+    "TPU v5 lite": (197 * TERA, 197 * TERA),   # v5e.
+    "TPU v5e": (197 * TERA, 197 * TERA),
+    "TPU v5p": (459 * TERA, 459 * TERA),
+    "TPU v5": (459 * TERA, 459 * TERA),        # v5p reports "TPU v5".
+    "TPU v6 lite": (918 * TERA, 918 * TERA),   # v6e (Trillium).
+    "TPU v6e": (918 * TERA, 918 * TERA),
+    "A100": (312 * TERA, 156 * TERA),
+    "H100": (989 * TERA, 494.7 * TERA),
+    "H200": (989 * TERA, 494.7 * TERA),
+}
+
+
+def _lookup(kind: str) -> tuple[float, float] | None:
+  # Longest key first: "TPU v5 lite" before "TPU v5".
+  for key in sorted(PEAKS, key=len, reverse=True):
+    if key.lower() in kind.lower():
+      return PEAKS[key]
+  return None
+
+
+@functools.cache
+def measured_cpu_peak(dtype: str = "float32", n: int = 2048,
+                      repeats: int = 5) -> float:
+  """FLOP/s of the best of `repeats` n x n matmuls on the first CPU device."""
+  device = jax.devices("cpu")[0]
+  x = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal(
+      (n, n)), dtype), device)
+  matmul = jax.jit(lambda a, b: a @ b)
+  matmul(x, x).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    matmul(x, x).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def peak_flops_per_device(dtype: str = "float32") -> tuple[float, str]:
+  """(peak FLOP/s of one device for matmuls in `dtype`, where it is from)."""
+  device = jax.devices()[0]
+  if device.platform == "cpu":
+    local = sum(1 for d in jax.local_devices() if d.platform == "cpu")
+    return (measured_cpu_peak("bfloat16" if dtype == "bfloat16"
+                              else "float32") / local,
+            f"measured {dtype} matmul on this host's CPU, / {local} devices")
+  peaks = _lookup(device.device_kind)
+  if peaks is None:
+    return float("nan"), f"unknown device kind {device.device_kind!r}"
+  bf16, fp32 = peaks
+  return (bf16 if dtype == "bfloat16" else fp32), (
+      f"published {dtype} peak of {device.device_kind}")
