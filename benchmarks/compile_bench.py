@@ -3,8 +3,8 @@
   python benchmarks/compile_bench.py [--config configs/vit_s16_i1k.py] \\
       [--config configs/demo.py] [--batch_size 8] [--rounds 3]
 
-For each config, builds the model (`models.build`), the objective and the
-optimizer (`optim.make`) as the trainer does, and the batch shapes from the
+For each config, builds the model and objective (`setup.build_objective`)
+and the optimizer (`optim.make`) as the trainer does, and the batch shapes from the
 config's own preprocessing on mock records (e.g. 224x224 images and
 1000-way labels for ImageNet configs). Then compiles, alternating, `rounds`
 times each:
@@ -28,7 +28,6 @@ import argparse
 import importlib.util
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -36,22 +35,19 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import optax
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vision_like import config as config_lib
-from big_vision_like import models
-from big_vision_like import objectives
+from big_vision_like import bench as bench_lib
 from big_vision_like import optim
+from big_vision_like import setup
 from big_vision_like.trainers import state as state_lib
 from input_pipeline import pipeline
 from input_pipeline import preprocess
 from input_pipeline import sources
-
-_INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?\S+\s+=\s", re.M)
 
 
 def cpu_model() -> str:
@@ -73,22 +69,6 @@ def load_config(path: str) -> Any:
   return config_lib.resolve(module.get_config())
 
 
-def minimal_step(loss_fn: Callable[..., Any], tx: optax.GradientTransformation
-                 ) -> Callable[..., Any]:
-  """Forward, loss, gradient and optimizer update; no guard, no metrics."""
-
-  def step(state: state_lib.TrainState, batch: Any):
-    rng = jax.random.fold_in(jax.random.key(0), state.step)
-    (loss, (_, model_state)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params, state.model_state, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    return state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
-        opt_state=opt_state, model_state=model_state), loss
-
-  return step
-
-
 def compile_once(step: Callable[..., Any], *args: Any
                  ) -> tuple[float, float, int]:
   """(wall s, CPU s, optimized HLO instructions) of compiling `step`."""
@@ -96,14 +76,13 @@ def compile_once(step: Callable[..., Any], *args: Any
   wall, cpu = time.perf_counter(), time.process_time()
   compiled = lowered.compile()
   wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-  return wall, cpu, len(_INSTRUCTION.findall(compiled.as_text()))
+  return wall, cpu, bench_lib.hlo_instructions(compiled)
 
 
 def bench(path: str, batch_size: int | None, rounds: int) -> None:
   config = load_config(path)
   batch_size = batch_size or config.input.batch_size
-  model = models.build(config.model_name, config.model)
-  objective = objectives.build(config.objective, model, config)
+  objective = setup.build_objective(config)
   with sources.mock_data(4):
     source = sources.from_config(config.input.data)
     spec = pipeline.element_spec(source, preprocess.build(config.input.pp),
@@ -121,13 +100,13 @@ def bench(path: str, batch_size: int | None, rounds: int) -> None:
   print(f"\n{path}: {config.model_name} {dict(config.model)}, "
         f"{n_params:,} params, optim {config.optim.name}; batch {shapes}")
 
-  compile_once(minimal_step(objective.loss, tx), state, batch)  # Warm-up.
+  compile_once(state_lib.make_minimal_train_step(objective.loss, tx), state, batch)  # Warm-up.
   results = {"trainer": [], "minimal": []}
   for r in range(rounds):
     for name in list(results)[::1 if r % 2 == 0 else -1]:
       # A new function each time: no cache hits.
       step = (state_lib.make_train_step(objective.loss, tx, lr_fn, rng)
-              if name == "trainer" else minimal_step(objective.loss, tx))
+              if name == "trainer" else state_lib.make_minimal_train_step(objective.loss, tx))
       results[name].append(compile_once(step, state, batch))
       wall, cpu, n = results[name][-1]
       print(f"  round {r + 1} {name:8s} {wall:6.1f} s wall {cpu:6.1f} s CPU "

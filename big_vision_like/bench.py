@@ -4,7 +4,8 @@ r"""Benchmark a config's train step: compile, speed, FLOPs, MFU, memory, I/O.
       [--steps=10] [--warmup=2] [--mock_examples=64] [--config.a.b=value ...]
 
 Builds everything as the trainer does (`big_vision_like/setup.py`), then
-prints: compile time; the median step time over `--steps` after `--warmup`;
+prints: compile time, and that of a minimal step (forward, loss, gradient,
+update: `state.make_minimal_train_step`) with both steps' HLO sizes; the median step time over `--steps` after `--warmup`;
 images/s globally and per device; model FLOPs per step from XLA's cost
 analysis and from the formula (`flops.count`: matmuls and convolutions of
 the forward, times 3); MFU against the device's peak (`hardware.py`); the
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import resource
 import statistics
 import sys
@@ -39,7 +41,16 @@ from big_vision_like import hardware
 from big_vision_like import optim
 from big_vision_like import setup
 from big_vision_like import sharding
+from big_vision_like.trainers import state as state_lib
 from input_pipeline import sources
+
+
+_INSTRUCTION = re.compile(r"^\s*(ROOT\s+)?\S+\s+=\s", re.M)
+
+
+def hlo_instructions(compiled: Any) -> int:
+  """Instructions in a compiled function's optimized HLO."""
+  return len(_INSTRUCTION.findall(compiled.as_text()))
 
 
 def _compute_dtype(config: ml_collections.ConfigDict) -> str:
@@ -94,6 +105,14 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
                                          abstract_state, shardings,
                                          batch_spec, env)
       compile_s = time.perf_counter() - t
+      t = time.perf_counter()
+      minimal = jax.jit(
+          state_lib.make_minimal_train_step(objective.loss, tx),
+          donate_argnums=(0,)).lower(abstract_state, {
+              k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                      sharding=env.data_sharding)
+              for k, v in batch_spec.items()}).compile()
+      compile_minimal_s = time.perf_counter() - t
       times, waits = [], []
       for i in range(total):
         t = time.perf_counter()
@@ -116,7 +135,10 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
       "device_kind": jax.devices()[0].device_kind,
       "devices": devices, "processes": jax.process_count(),
       "global_batch": config.input.batch_size,
-      "compile_s": compile_s, "step_s_median": step_s,
+      "compile_s": compile_s, "compile_s_minimal_step": compile_minimal_s,
+      "hlo_instructions": hlo_instructions(step_fn),
+      "hlo_instructions_minimal_step": hlo_instructions(minimal),
+      "step_s_median": step_s,
       "step_s_min": min(times), "steps_timed": len(times),
       "images_per_s": config.input.batch_size / step_s,
       "images_per_s_per_device": config.input.batch_size / step_s / devices,
