@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import orbax.checkpoint as ocp
 from absl import logging
@@ -35,6 +36,11 @@ CORRUPT_DIR = "corrupt"
 
 def json_path(directory: epath.PathLike, step: int, item: str) -> epath.Path:
   return epath.Path(directory) / str(step) / item / f"{item}.json"
+
+
+def read_json(directory: epath.PathLike, step: int, item: str) -> Any:
+  """The parsed JSON file of `item` at `step` (raises OSError, ValueError)."""
+  return json.loads(json_path(directory, step, item).read_text())
 
 
 def committed_steps(directory: epath.PathLike) -> list[int]:
