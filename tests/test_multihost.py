@@ -192,7 +192,7 @@ def test_only_process_0_writes_metrics_events_and_checkpoint_metadata(runs):
   assert metadata["process_count"] == 2
   assert metadata["mesh"] == {"data": 1, "fsdp": 2}
   assert output.count("Final test prec@1") == 1
-  assert "[0] Final test accuracy" in output
+  assert "[0] Final test prec@1" in output
 
 
 @pytest.mark.integration
