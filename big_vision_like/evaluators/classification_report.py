@@ -13,7 +13,8 @@ Single-label (the default; labels one-hot, softmax probabilities):
            recall and F1 with macro, micro and weighted averages; auc_macro
            (one-vs-rest); nll, brier, ece (equal-width bins) and ece_mass
            (equal-mass bins); accuracy_ci and f1_macro_ci bootstrap bounds
-           (`_low`, `_high`); num_examples. With `calibration_data`: the
+           (`_low`, `_high`); num_examples; with `log_per_class`,
+           {precision,recall,f1}/<class>. With `calibration_data`: the
            fitted temperature and nll, brier, ece, ece_mass after dividing
            the logits by it (suffix `_calibrated`).
   arrays   confusion [C, C] (rows true, columns predicted); precision,
@@ -58,6 +59,10 @@ class Config(base.DataConfig):
   calibration_data: a data dict (as `data`, same pp) of a validation split
     to fit a temperature on; None: no temperature scaling.
   seed: the bootstrap's seed.
+  log_per_class: also report each class's precision, recall and F1 as
+    scalars "{precision,recall,f1}/<class>" (into metrics.jsonl and the
+    console), for a few classes (imbalance studies); they are always in the
+    arrays.
   """
   multilabel: bool = False
   top_k: tuple[int, ...] = (1, 5)
@@ -66,6 +71,7 @@ class Config(base.DataConfig):
   confidence: float = 0.95
   calibration_data: Mapping[str, Any] | None = None
   seed: int = 0
+  log_per_class: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -195,6 +201,10 @@ def _single_label_results(logits: np.ndarray, labels: np.ndarray,
              for k in cfg.top_k}
   prf = metrics.precision_recall_f1(confusion)
   scalars.update({k: v for k, v in prf.items() if np.ndim(v) == 0})
+  if cfg.log_per_class:
+    scalars.update({f"{name}/{c}": float(prf[name][c])
+                    for name in ("precision", "recall", "f1")
+                    for c in range(num_classes)})
   auc, scalars["auc_macro"] = metrics.roc_auc_ovr(
       probs, np.eye(num_classes)[labels_N])
   scalars.update(_calibration_scalars(logits, labels_N, cfg.num_bins))

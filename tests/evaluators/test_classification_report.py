@@ -66,7 +66,7 @@ def _report(data_dir: str, **fields):
 
 
 def test_report_matches_sklearn_on_the_splits_labels(digits_data_dir):
-  results = _report(digits_data_dir, top_k=(1, 2, 5))
+  results = _report(digits_data_dir, top_k=(1, 2, 5), log_per_class=True)
   labels = _split_labels(digits_data_dir)
   logits = _table()[labels].astype(np.float64)
   probs = metrics.softmax(logits)
@@ -92,6 +92,8 @@ def test_report_matches_sklearn_on_the_splits_labels(digits_data_dir):
   np.testing.assert_allclose(a["recall"], r)
   np.testing.assert_allclose(a["f1"], f)
   np.testing.assert_array_equal(a["support"], support)
+  assert [s[f"recall/{c}"] for c in range(C)] == pytest.approx(r)
+  assert s["f1/8"] == 0.0 and s["precision/3"] < 1.0
   assert s["auc_macro"] == pytest.approx(skm.roc_auc_score(
       labels, probs, multi_class="ovr", average="macro"))
   assert s["nll"] == pytest.approx(skm.log_loss(labels, probs,
