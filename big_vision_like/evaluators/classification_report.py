@@ -165,7 +165,14 @@ class Evaluator(base.DatasetEvaluator):
             np.asarray(confusion, np.int64))
 
   def run(self, params: base.PyTree, model_state: base.PyTree) -> base.Results:
-    logits, labels, confusion = self.collect(params, model_state)
+    return self.results(*self.collect(params, model_state), params,
+                        model_state)
+
+  def results(self, logits: np.ndarray, labels: np.ndarray,
+              confusion: np.ndarray, params: base.PyTree,
+              model_state: base.PyTree) -> base.Results:
+    """The report of `collect`'s arrays (the model is run again only on the
+    calibration split, if any)."""
     if self.cfg.multilabel:
       return _multilabel_results(logits, labels)
     results = _single_label_results(logits, labels, confusion, self.cfg)
