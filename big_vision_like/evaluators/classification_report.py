@@ -7,12 +7,15 @@ labels of every batch are also gathered to the host of every process
 `big_vision_like.metrics` computes what needs the whole split at once:
 ranking metrics (ROC AUC, AP), equal-mass ECE, bootstrap intervals and the
 temperature fit. Padding rows ("_mask" False) are dropped before any metric.
+Host memory: the split's logits in float64, N * C * 8 bytes (ImageNet val:
+400 MB); one-vs-rest AUC sorts the split once per class.
 
 Single-label (the default; labels one-hot, softmax probabilities):
   scalars  prec@k for each k of `top_k` (headline prec@1); precision,
            recall and F1 with macro, micro and weighted averages; auc_macro
-           (one-vs-rest); nll, brier, ece (equal-width bins) and ece_mass
-           (equal-mass bins); accuracy_ci and f1_macro_ci bootstrap bounds
+           (one-vs-rest; with two classes also auc, that of class 1); nll,
+           brier, ece (equal-width bins) and ece_mass (equal-mass bins);
+           accuracy_ci and f1_macro_ci bootstrap bounds
            (`_low`, `_high`); num_examples; with `log_per_class`,
            {precision,recall,f1}/<class>. With `calibration_data`: the
            fitted temperature and nll, brier, ece, ece_mass after dividing
@@ -75,6 +78,11 @@ class Config(base.DataConfig):
 
   def __post_init__(self):
     super().__post_init__()
+    if self.pred in ("probs", "features"):
+      raise checks.ConfigError(
+          f"pred={self.pred!r}: the report needs logits (it applies softmax "
+          "or sigmoid itself and fits temperatures on them); use "
+          "pred='logits'.")
     object.__setattr__(self, "top_k", tuple(self.top_k))
     if not self.top_k or 1 not in self.top_k or any(
         isinstance(k, bool) or not isinstance(k, int) or k < 1
@@ -214,6 +222,8 @@ def _single_label_results(logits: np.ndarray, labels: np.ndarray,
                     for c in range(num_classes)})
   auc, scalars["auc_macro"] = metrics.roc_auc_ovr(
       probs, np.eye(num_classes)[labels_N])
+  if num_classes == 2:  # Binary: the AUC of class 1's probability.
+    scalars["auc"] = float(auc[1])
   scalars.update(_calibration_scalars(logits, labels_N, cfg.num_bins))
   arrays = {"confusion": confusion, "auc": auc,
             **{k: v for k, v in prf.items() if np.ndim(v) == 1}}

@@ -140,7 +140,7 @@ def test_multilabel_report_gives_sklearns_mean_average_precision(
 
 @pytest.mark.parametrize("field,value", [
     ("top_k", (2, 5)), ("num_bins", 0), ("bootstrap_samples", -1),
-    ("confidence", 1.5), ("multilabel", True)])
+    ("confidence", 1.5), ("multilabel", True), ("pred", "probs")])
 def test_bad_report_fields_fail_at_config_time_naming_the_fix(
     digits_data_dir, field, value):
   extra = {"calibration_data": dict(name="sklearn_digits", split="test")}
