@@ -80,7 +80,8 @@ def precision_recall_f1(confusion_CxC: np.ndarray) -> dict[str, np.ndarray]:
   total = support.sum()
   for name, values in (("precision", precision), ("recall", recall),
                        ("f1", f1)):
-    out[f"{name}_macro"] = float(values[present].mean()) if present.any() else 0.0
+    out[f"{name}_macro"] = (float(values[present].mean()) if present.any()
+                            else 0.0)
     out[f"{name}_weighted"] = float(_divide(np.sum(values * support), total))
   # Single-label: every example is one TP or one FP and one FN, so micro
   # precision = micro recall = micro F1 = accuracy.

@@ -249,7 +249,8 @@ def test_fitted_temperature_recovers_a_known_logit_scale(factor):
 def test_two_class_one_vs_rest_auc_is_sklearns_binary_auc_for_both_classes():
   rng = np.random.default_rng(2)
   labels = rng.integers(0, 2, size=100)
-  probs = metrics.softmax(np.round(rng.normal(size=(100, 2)) + np.eye(2)[labels]))
+  logits = np.round(rng.normal(size=(100, 2)) + np.eye(2)[labels])
+  probs = metrics.softmax(logits)
   per_class, macro = metrics.roc_auc_ovr(probs, np.eye(2)[labels])
   want = skm.roc_auc_score(labels, probs[:, 1])
   np.testing.assert_allclose(per_class, [want, want])

@@ -21,7 +21,6 @@ from big_vision_like import evaluators
 from big_vision_like import losses
 from big_vision_like import metrics
 from big_vision_like.evaluators import classification
-from big_vision_like.evaluators import classification_report
 from input_pipeline import sources
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

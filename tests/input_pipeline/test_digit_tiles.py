@@ -65,4 +65,5 @@ def test_eval_batches_hold_the_tiles_with_multi_hot_labels(tiles_dir):
   np.testing.assert_array_equal(images[..., 0], images[..., 2])
   for image, multi_hot in zip(images, np.asarray(batch["labels"])):
     assert multi_hot.dtype == np.float32 and set(multi_hot) <= {0.0, 1.0}
-    assert list(np.flatnonzero(multi_hot)) == labels_of[image[..., :1].tobytes()]
+    want = labels_of[image[..., :1].tobytes()]
+    assert list(np.flatnonzero(multi_hot)) == want
