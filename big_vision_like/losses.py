@@ -47,6 +47,25 @@ def sigmoid_xent(logits: jnp.ndarray, labels: jnp.ndarray) -> jnp.ndarray:
   return -jnp.sum(labels * log_p + (1.0 - labels) * log_not_p, axis=-1)
 
 
+def focal_xent(logits: jnp.ndarray, labels: jnp.ndarray,
+               gamma: float = 2.0) -> jnp.ndarray:
+  """Focal loss (Lin et al., 2017) of softmax(logits): cross-entropy with
+  each class's term scaled by (1 - p_c)^gamma, so that examples already
+  classified well weigh less; gamma = 0 is `softmax_xent`.
+
+  Args:
+    logits: [B, C].
+    labels: [B, C], rows summing to 1.
+    gamma: focusing parameter >= 0 (the paper's default is 2).
+
+  Returns:
+    [B] `-sum_c labels * (1 - p)^gamma * log p`, p = softmax(logits).
+  """
+  log_p = jax.nn.log_softmax(_as_float(logits), axis=-1)
+  focus = (1.0 - jnp.exp(log_p)) ** gamma
+  return -jnp.sum(_as_float(labels) * focus * log_p, axis=-1)
+
+
 def smooth_labels(labels: jnp.ndarray, alpha: float) -> jnp.ndarray:
   """Label smoothing (Szegedy et al., 2016): `(1 - alpha) * y + alpha / C`.
 
@@ -66,4 +85,5 @@ def smooth_labels(labels: jnp.ndarray, alpha: float) -> jnp.ndarray:
 LOSSES = {
     "softmax_xent": softmax_xent,
     "sigmoid_xent": sigmoid_xent,
+    "focal_xent": focal_xent,  # Its gamma: config.objective.focal_gamma.
 }

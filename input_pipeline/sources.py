@@ -44,6 +44,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from big_vision_like import checks
+from input_pipeline import digit_tiles
 from input_pipeline import digits
 from input_pipeline import folder
 from input_pipeline import image_text
@@ -53,6 +54,7 @@ from input_pipeline import tfds_parse
 # Builders we ship; built into data_dir on first use, with no network.
 LOCAL_BUILDERS = {
     "sklearn_digits": digits.SklearnDigits,
+    "sklearn_digit_tiles": digit_tiles.SklearnDigitTiles,
 }
 
 # Number of examples per split while `mock_data` is active, else None.

@@ -67,4 +67,26 @@ def test_smooth_labels_moves_alpha_mass_uniformly_and_keeps_rows_summing_to_one(
 
 def test_loss_table_names_the_functions():
   assert losses.LOSSES == {"softmax_xent": losses.softmax_xent,
-                           "sigmoid_xent": losses.sigmoid_xent}
+                           "sigmoid_xent": losses.sigmoid_xent,
+                           "focal_xent": losses.focal_xent}
+
+
+def test_focal_xent_matches_the_closed_form_and_is_xent_at_gamma_zero():
+  logits, labels = _logits_labels()
+  x = logits.astype(np.float64)
+  p = np.exp(x) / np.sum(np.exp(x), axis=-1, keepdims=True)
+  want = -np.sum(labels * (1 - p) ** 2.0 * np.log(p), axis=-1)
+  got = losses.focal_xent(jnp.asarray(logits), jnp.asarray(labels))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.focal_xent(jnp.asarray(logits), jnp.asarray(labels), gamma=0.0),
+      losses.softmax_xent(jnp.asarray(logits), jnp.asarray(labels)), rtol=1e-6)
+
+
+def test_focal_xent_down_weights_confident_right_answers():
+  labels = jnp.eye(3)[:1]
+  confident, unsure = jnp.array([[6.0, 0.0, 0.0]]), jnp.array([[0.5, 0.0, 0.0]])
+  ratio = lambda x: float((losses.focal_xent(x, labels)
+                           / losses.softmax_xent(x, labels))[0])
+  # The factor is (1 - p)^2: ~(2 e^-6)^2 when sure, ~0.4 when not.
+  assert ratio(confident) < 1e-3 < 0.1 < ratio(unsure) < 1

@@ -17,9 +17,13 @@ from big_vision_like import checks
 from big_vision_like import objectives
 from big_vision_like.evaluators import base
 from big_vision_like.evaluators import classification
+from big_vision_like.evaluators import classification_report
 from big_vision_like.evaluators.base import Results  # noqa: F401
 
-EVALUATORS: dict[str, Any] = {"classification": classification.Evaluator}
+EVALUATORS: dict[str, Any] = {
+    "classification": classification.Evaluator,
+    "classification_report": classification_report.Evaluator,
+}
 
 
 def parse(name: str, cfg: Mapping[str, Any]) -> tuple[type, Any]:
