@@ -63,6 +63,9 @@ def defaults() -> "ml_collections.ConfigDict":
   c.dcn_mesh = None
   c.sharding = dict(preset="dp", overrides=[])
   c.evals = {}
+  # At the end of training, write the evaluation report of the final
+  # checkpoint (python -m big_vision_like.report) and its plots to TensorBoard.
+  c.report_at_end = False
   # A profiler trace (TensorBoard's profile plugin, Perfetto) of num_steps
   # train steps from start_step (None: no trace), into <workdir>/profile.
   c.profile = dict(start_step=None, num_steps=3)

@@ -40,13 +40,14 @@ class MetricWriter:
       self._jsonl.write(json.dumps(row) + "\n")
       self._jsonl.flush()
 
-  def write_results(self, step: int, name: str, results: Results) -> str:
+  def write_results(self, step: int, name: str, results: Results,
+                    files: bool = True) -> str:
     """Writes evaluator `name`'s results at `step`.
 
     Scalars go where `write` puts them, as "<name>/<key>". Images,
     histograms and texts go to TensorBoard; arrays (as .npy) and images (as
     .png) also to `<workdir>/evals/<name>/<step>/<key>`, so that a report
-    can be built from them later.
+    can be built from them later (unless not `files`).
 
     Returns:
       That directory (created only if there is something to put in it).
@@ -62,7 +63,7 @@ class MetricWriter:
       self._tb.write_texts(step, {f"{name}/{k}": v
                                   for k, v in results.texts.items()})
     directory = os.path.join(self._workdir, "evals", name, str(step))
-    if self._is_main and (results.arrays or results.images):
+    if files and self._is_main and (results.arrays or results.images):
       import tensorflow as tf  # Only here: PNG encoding.
       os.makedirs(directory, exist_ok=True)
       for key, array in results.arrays.items():

@@ -37,6 +37,7 @@ import numpy as np
 
 from big_vision_like import config as config_lib
 from big_vision_like import evaluators as evaluators_lib
+from big_vision_like import metric_writer
 from big_vision_like import metrics
 from big_vision_like import plots
 from big_vision_like import setup
@@ -59,8 +60,11 @@ class Section:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *,
-        step: int | None = None, out: str | None = None) -> str:
-  """Evaluates checkpoint `step` of `workdir` and writes the report.
+        step: int | None = None, out: str | None = None,
+        tensorboard: bool = False) -> str:
+  """Evaluates checkpoint `step` of `workdir` and writes the report; with
+  `tensorboard`, also its PNGs as images of the workdir's TensorBoard events
+  ("report/<name>") at that step.
 
   Returns:
     The report's directory.
@@ -96,7 +100,25 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   out = out or os.path.join(workdir, "report", str(step))
   if jax.process_index() == 0:
     write(out, workdir, step, sections, _read_rows(workdir))
+    if tensorboard:
+      _to_tensorboard(out, workdir, step)
   return out
+
+
+def _to_tensorboard(out: str, workdir: str, step: int) -> None:
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  images = {}
+  for name in sorted(os.listdir(out)):
+    if name.endswith(".png"):
+      rgba = matplotlib.image.imread(os.path.join(out, name))  # [H, W, 4].
+      images[os.path.splitext(name)[0]] = rgba[..., :3]
+  writer = metric_writer.MetricWriter(workdir)
+  try:
+    writer.write_results(step, "report", evaluators_lib.Results(
+        scalars={"num_figures": float(len(images))}, headline="num_figures",
+        images=images), files=False)
+  finally:
+    writer.close()
 
 
 def _as_report(cfg: Mapping) -> dict:

@@ -91,3 +91,22 @@ def test_report_markdown_shows_calibration_before_and_after(tmp_path):
 def test_report_without_a_checkpoint_fails_naming_the_workdir(tmp_path):
   with pytest.raises(config_lib.ConfigError, match="--workdir"):
     report.run(config_lib.resolve(demo.get_config()), str(tmp_path))
+
+
+def test_the_trainer_writes_the_report_at_the_end_and_its_plots_to_tensorboard(
+    tmp_path, digits_data_dir):
+  import glob
+  import tensorflow as tf
+  config = config_lib.resolve(demo.get_config())
+  config_lib.apply_overrides(config, {
+      **TINY, "total_steps": 4, "ckpt_every_steps": 4, "report_at_end": True,
+      "input.data.data_dir": digits_data_dir,
+      "evals.test.data.data_dir": digits_data_dir})
+  assert train.run(config, str(tmp_path)) == train.EXIT_DONE
+  out = tmp_path / "report" / "4"
+  assert {f"{f}.png" for f in FIGURES} <= {p.name for p in out.iterdir()}
+  tags = set()
+  for path in glob.glob(str(tmp_path / "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(v.tag for v in event.summary.value)
+  assert {f"report/{f}" for f in FIGURES} <= tags

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 # dotted keys).
 MAY_CHANGE = (
     "allow_config_change", "mesh", "dcn_mesh", "sharding", "evals",
+    "report_at_end", "profile",
     "log_every_steps", "ckpt_every_steps", "keep_ckpts",
     "keep_ckpt_every_steps", "max_consecutive_nonfinite", "init_from",
     "input.num_threads", "input.prefetch", "input.data.data_dir")

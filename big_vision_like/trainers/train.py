@@ -93,7 +93,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> int:
     # writer and the input pipeline, while SIGTERM is still caught.
     with (mock, preemption.Notice() as notice,
           contextlib.ExitStack() as cleanup):
-      return _run(config, workdir, notice, cleanup)
+      code = _run(config, workdir, notice, cleanup)
+    if code == EXIT_DONE and config.report_at_end:
+      # Imported here: the report imports the evaluation entry point, which
+      # imports this module; and matplotlib only when a report is wanted.
+      from big_vision_like import report  # pylint: disable=g-import-not-at-top
+      log.info("Wrote the evaluation report to %s.",
+               report.run(config, workdir, tensorboard=True))
+    return code
   except ckpt_lib.NonFiniteStateError as e:
     log.error("%s", e)
     return EXIT_NONFINITE
