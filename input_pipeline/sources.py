@@ -45,6 +45,7 @@ import tensorflow_datasets as tfds
 
 from big_vision_like import checks
 from input_pipeline import digits
+from input_pipeline import digits_captions
 from input_pipeline import folder
 from input_pipeline import image_text
 from input_pipeline import mixture
@@ -53,6 +54,7 @@ from input_pipeline import tfds_parse
 # Builders we ship; built into data_dir on first use, with no network.
 LOCAL_BUILDERS = {
     "sklearn_digits": digits.SklearnDigits,
+    "sklearn_digits_captions": digits_captions.SklearnDigitsCaptions,
 }
 
 # Number of examples per split while `mock_data` is active, else None.
