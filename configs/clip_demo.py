@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  patch_size=(2, 2), pool_type="gap", posemb="learn"),
       text=dict(width=64, depth=2, mlp_dim=256, num_heads=4,
                 vocab_size=259, pool_type="map"),
-      out_dim=64)
+      out_dim=(64, 64))
   c.objective = dict(name="contrastive", loss=arg.loss, temperature_init=10.0,
                      bias_init=BIAS_INIT[arg.loss])
   c.optim = dict(name="adamw", lr=0.001, wd=0.0001, grad_clip_norm=1.0)
