@@ -119,6 +119,14 @@ class Evaluator(base.DatasetEvaluator):
     self._step = _embed_step(predict_fn, pred_text, cfg.text_key,
                              data_sharding)
 
+  def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """The batch's shapes, and one caption a record as "text" (what a
+    two-tower model's init needs, e.g. for `--mode=eval`)."""
+    spec = super().batch_spec()
+    texts = spec[self.cfg.text_key]
+    return {**spec, "text": jax.ShapeDtypeStruct(
+        (texts.shape[0], texts.shape[-1]), texts.dtype)}
+
   def run(self, params: base.PyTree, model_state: base.PyTree) -> base.Results:
     images, texts = [], []
     for batch in self.batches():

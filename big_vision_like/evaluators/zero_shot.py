@@ -160,6 +160,12 @@ class Evaluator(base.DatasetEvaluator):
     self._step = _count_step(predict_fn, cfg.label_key)
     self._tokens, self._classes = tokenize_prompts(cfg)
 
+  def batch_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """The images' shapes, and the prompts' as "text" (what a two-tower
+    model's init needs, e.g. for `--mode=eval`)."""
+    return {**super().batch_spec(), "text": jax.ShapeDtypeStruct(
+        self._tokens.shape, self._tokens.dtype)}
+
   def run(self, params: base.PyTree, model_state: base.PyTree) -> base.Results:
     text_emb = embed_texts(self._embed_text, params, model_state,
                            self._tokens, self._sharding)

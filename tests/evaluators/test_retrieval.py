@@ -76,6 +76,8 @@ def test_evaluator_ranks_every_test_record_once_with_padding_masked(
                                                               "data"),)))
   params = {"scale": jnp.ones(())}
   got = evaluator.run(params, {})
+  spec = evaluator.batch_spec()  # One caption a record, for a model's init.
+  assert spec["texts"].shape == (64, 5, 32) and spec["text"].shape == (64, 32)
   source = sources.get_source("sklearn_digits_captions", "test",
                               captions_data_dir)
   pp_fn = preprocess.build(PP)

@@ -56,6 +56,8 @@ def test_accuracy_is_that_of_the_known_answers_over_every_image(
   evaluator = evaluators.build("zs", _config(digits_data_dir), _Fake(),
                                data_sharding)
   got = evaluator.run({"shift": jnp.asarray(shift)}, {})
+  # The prompts' shape, for a two-tower init in --mode=eval.
+  assert evaluator.batch_spec()["text"].shape == (20, 16)
   source = sources.get_source("sklearn_digits", "test", digits_data_dir)
   labels = np.array([source[i]["label"] for i in range(len(source))])
   want = 1.0 if shift == 0 else np.mean(labels % 2 == 0)

@@ -5,8 +5,10 @@ bitwise as it went in, and has no optimizer state."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from big_vision_like import config as config_lib
+from big_vision_like.trainers import resume
 from big_vision_like.trainers import train
 from configs import clip_demo
 
@@ -52,3 +54,9 @@ def test_lit_trains_the_text_tower_and_leaves_the_image_tower_bitwise(
   assert any(np.any(x) for n, x in after.items()
              if n.startswith("opt_state/") and "/txt/" in n)
   assert np.asarray(after["params/t"]).shape == (1,)
+
+
+def test_init_from_into_an_unknown_group_fails_naming_the_groups():
+  with pytest.raises(config_lib.ConfigError,
+                     match="into='image'.*choose one of: img, t, txt"):
+    resume._group({"img": 1, "txt": 2, "t": 3}, {}, "image")
