@@ -28,8 +28,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                  pp=common.image_text_pp(crop, MAX_LEN), batch_size=32_768)
   c.model_name = "two_towers"
   c.model = dict(
-      image=dict(variant="B/16", pool_type="tok", posemb="learn"),
+      image=dict(variant="B/16", pool_type="tok", posemb="learn", scan=True),
       text=dict(variant="B", vocab_size=text.VOCAB_SIZE, autoregressive=True,
+                scan=True,
                 pool_type="last"),
       out_dim=(512, 512))
   c.objective = dict(name="contrastive", loss="softmax",

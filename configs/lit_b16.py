@@ -22,7 +22,8 @@ from configs import common
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, runlocal=False, img_init="/tmp/vit_b16")
   c = clip_b16.get_config("runlocal" if arg.runlocal else None)
-  # configs/vit_b16.py's ViT; rep_size=True makes the pre-logits 768-d.
+  # configs/vit_b16.py's ViT (not scanned: the same parameter names);
+  # rep_size=True makes the pre-logits 768-d.
   c.model.image = dict(variant="B/16", pool_type="tok", posemb="learn",
                        rep_size=True)
   c.model.out_dim = (None, 768)

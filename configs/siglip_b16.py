@@ -19,7 +19,8 @@ from configs import clip_b16
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = clip_b16.get_config(arg)
   # SigLIP: a MAP-pooled image tower without head, a 768-d text head.
-  c.model.image = dict(variant="B/16", pool_type="map", posemb="learn")
+  c.model.image = dict(variant="B/16", pool_type="map", posemb="learn",
+                       scan=True)
   c.model.text = dict(c.model.text.to_dict(), autoregressive=False)
   c.model.out_dim = (None, 768)
   # The parameter t starts at log 10 (temperature 10), b at -10, as in the
