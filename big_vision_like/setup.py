@@ -106,8 +106,8 @@ def validate(config: ml_collections.ConfigDict) -> objectives.Objective:
     checks.check_keys(config.init_from, resume.INIT_FROM_DEFAULTS,
                       "config.init_from")
   for name, ev in config.evals.items():
-    _, parsed = evaluators.parse(name, ev)
-    objectives.predict_fn(objective, parsed.pred, f"config.evals.{name}.pred")
+    cls, parsed = evaluators.parse(name, ev)
+    evaluators.predict_fns(name, cls, parsed, objective)
   return objective
 
 

@@ -85,3 +85,46 @@ def runlocal(config: ml_collections.ConfigDict) -> None:
   for ev in config.evals.values():
     ev.batch_size = 8
     ev.every_steps = None
+
+
+# ------------------------------------------------------------ image-text
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
+                   "frog", "horse", "ship", "truck")
+# A few of CLIP's ImageNet prompt templates (Radford et al., 2021).
+CLIP_TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.",
+                  "a photo of the large {}.", "a photo of the small {}.",
+                  "itap of a {}.", "a good photo of a {}.",
+                  "a close-up photo of a {}.", "a bright photo of a {}.")
+
+
+def image_text_pp(crop: int, max_len: int) -> str:
+  """Train pp of LAION-style records {"image", "caption"}: the image resized
+  to crop x crop in [-1, 1], the lowercased caption as "text" tokens."""
+  return (f"decode|resize({crop})|value_range(-1, 1)"
+          '|lower(key="caption")'
+          f'|tokenize({max_len}, key="caption", key_result="text", '
+          'eos="sticky")|keep("image", "text")')
+
+
+def image_text_evals(*, crop: int, max_len: int, batch_size: int,
+                     every_steps: int, runlocal: bool) -> dict[str, Any]:
+  """Zero-shot CIFAR-10 (CLIP prompts) and retrieval on held-out LAION."""
+  small = "[:16]" if runlocal else ""
+  image = f"decode|resize({crop})|value_range(-1, 1)"
+  return {
+      "zeroshot_cifar10": dict(
+          type="zero_shot", data=dict(name="cifar10", split="test" + small),
+          pp=f'{image}|keep("image", "label")', batch_size=batch_size,
+          every_steps=every_steps, classnames=list(CIFAR10_CLASSES),
+          templates=list(CLIP_TEMPLATES),
+          pp_txt=f'tokenize({max_len}, eos="sticky", key_result="text")'),
+      "retrieval_laion": dict(
+          type="retrieval",
+          data=dict(name="laion400m/images",
+                    split="train[-5000:]" if not runlocal else "train[:16]"),
+          pp=(f'{image}|lower(key="caption")|tokenize({max_len}, '
+              'key="caption", key_result="texts", eos="sticky")'
+              '|keep("image", "texts")'),
+          batch_size=batch_size, every_steps=every_steps),
+  }

@@ -46,6 +46,7 @@ import tensorflow_datasets as tfds
 from big_vision_like import checks
 from input_pipeline import digit_tiles
 from input_pipeline import digits
+from input_pipeline import digits_captions
 from input_pipeline import folder
 from input_pipeline import image_text
 from input_pipeline import mixture
@@ -55,6 +56,7 @@ from input_pipeline import tfds_parse
 LOCAL_BUILDERS = {
     "sklearn_digits": digits.SklearnDigits,
     "sklearn_digit_tiles": digit_tiles.SklearnDigitTiles,
+    "sklearn_digits_captions": digits_captions.SklearnDigitsCaptions,
 }
 
 # Number of examples per split while `mock_data` is active, else None.

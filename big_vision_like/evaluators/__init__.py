@@ -3,7 +3,10 @@
 Each evaluator declares its config fields as a `Config` dataclass (see
 `base.py`); `parse` checks a `config.evals.<name>` section against it without
 opening any data, and `build` makes the evaluator with the objective's
-predict function named by its `pred` field.
+predict function named by its `pred` field. An evaluator that needs more
+(image-text ones: an image and a text embedding) lists the Config fields
+naming them in `PREDICT_FIELDS`; those after "pred" come as keyword
+arguments of the same name.
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ from big_vision_like import objectives
 from big_vision_like.evaluators import base
 from big_vision_like.evaluators import classification
 from big_vision_like.evaluators import classification_report
+from big_vision_like.evaluators import retrieval
+from big_vision_like.evaluators import zero_shot
 from big_vision_like.evaluators.base import Results  # noqa: F401
+from big_vision_like.objectives.base import PredictFn
 
 EVALUATORS: dict[str, Any] = {
     "classification": classification.Evaluator,
     "classification_report": classification_report.Evaluator,
+    "zero_shot": zero_shot.Evaluator,
+    "retrieval": retrieval.Evaluator,
 }
 
 
@@ -48,11 +56,25 @@ def parse(name: str, cfg: Mapping[str, Any]) -> tuple[type, Any]:
     raise checks.ConfigError(f"{where}: {e}") from None
 
 
+def predict_fns(name: str, cls: type, parsed: Any,
+                objective: objectives.Objective) -> dict[str, PredictFn]:
+  """{Config field: the objective's predict function it names}, for "pred"
+  and the evaluator's other `PREDICT_FIELDS`.
+
+  Raises:
+    ConfigError: a name the objective has no predict function for.
+  """
+  fields = getattr(cls, "PREDICT_FIELDS", ("pred",))
+  return {f: objectives.predict_fn(objective, getattr(parsed, f),
+                                   f"config.evals.{name}.{f}")
+          for f in fields}
+
+
 def build(name: str, cfg: Mapping[str, Any], objective: objectives.Objective,
           data_sharding: jax.sharding.Sharding) -> base.Evaluator:
-  """The evaluator for `config.evals.<name>`, given the predict function
-  its `pred` names (the objective itself is not passed on)."""
+  """The evaluator for `config.evals.<name>`, given the predict functions
+  its `pred` (and other `PREDICT_FIELDS`) name; the objective itself is not
+  passed on."""
   cls, parsed = parse(name, cfg)
-  predict = objectives.predict_fn(objective, parsed.pred,
-                                  f"config.evals.{name}.pred")
-  return cls(parsed, predict, data_sharding)
+  fns = predict_fns(name, cls, parsed, objective)
+  return cls(parsed, fns.pop("pred"), data_sharding, **fns)

@@ -3,7 +3,10 @@
 An evaluator class has a `Config` dataclass (its config fields, checked when
 the config loads), is built as `cls(cfg, predict_fn, data_sharding)` with
 the predict function named by `cfg.pred` (never the objective), and runs as
-`run(params, model_state) -> Results`.
+`run(params, model_state) -> Results`. An evaluator needing more than one
+(e.g. image and text embeddings) lists the Config fields naming them in a
+`PREDICT_FIELDS` class attribute; those after "pred" are passed as keyword
+arguments of the same names.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Every model is a linen Module called as `model.apply(variables, images,
 train=...)` returning `(logits, out)`, with `out` a dict of named
-intermediates ("stem", "pre_logits", "logits", ...).
+intermediates ("stem", "pre_logits", "logits", ...); the two-tower model
+takes `(images, texts)` and returns `(zimg, ztxt, out)` (see two_towers.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import flax.linen as nn
 
 from big_vision_like import config as config_lib
 from big_vision_like.models import resnet
+from big_vision_like.models import two_towers
 from big_vision_like.models import vit
 
 MODELS = {
     "vit": vit.ViT,
     "bit": resnet.BiT,
     "resnet": resnet.ResNet,
+    "two_towers": two_towers.TwoTowers,
 }
 
 

@@ -1,6 +1,7 @@
 """Two-tower image-text model (CLIP, SigLIP, LiT), as big_vision's two_towers.
 
-An image tower (`vit.ViT`, params under "img") and a text tower
+An image tower (any of `IMAGE_TOWERS`: a ViT, BiT or ResNet, params under
+"img") and a text tower
 (`text.TextTransformer`, params under "txt") each map their input to an
 embedding; both are L2-normalised. A learned log-temperature "t" and, for
 SigLIP, a learned bias "b" are the only other parameters. Parameter names
@@ -25,8 +26,16 @@ import jax.numpy as jnp
 
 from big_vision_like import config as config_lib
 from big_vision_like.models import common
+from big_vision_like.models import resnet
 from big_vision_like.models import text as text_lib
 from big_vision_like.models import vit
+
+# `model.image_model` -> the image tower's class (`model.image` its fields).
+IMAGE_TOWERS: dict[str, type[nn.Module]] = {
+    "vit": vit.ViT,
+    "bit": resnet.BiT,
+    "resnet": resnet.ResNet,
+}
 
 # Added to the norm so an all-zero embedding (e.g. a zero-initialised head)
 # normalises to zero instead of NaN; big_vision's value.
@@ -50,7 +59,8 @@ class TwoTowers(nn.Module):
   """Image and text encoders with a shared embedding space.
 
   Attributes:
-    image: `vit.ViT` fields of the image tower ("model.image" in configs).
+    image_model: the image tower, a key of `IMAGE_TOWERS`.
+    image: fields of the image tower ("model.image" in configs).
     text: `text.TextTransformer` fields of the text tower ("model.text").
     out_dim: embedding size, or (image, text) sizes: each tower ends in a
       linear "head" of that size (randomly initialised: head_zeroinit is
@@ -61,6 +71,7 @@ class TwoTowers(nn.Module):
     bias_init: initial logit bias "b" (SigLIP: -10); None means no bias
       parameter (CLIP, LiT).
   """
+  image_model: str = "vit"
   image: Mapping[str, Any] | None = None
   text: Mapping[str, Any] | None = None
   out_dim: int | tuple[int | None, int | None] = 128
@@ -69,7 +80,7 @@ class TwoTowers(nn.Module):
 
   def __post_init__(self):
     # Build both towers unbound once, so their fields are validated now.
-    for cls, kwargs in zip((vit.ViT, text_lib.TextTransformer),
+    for cls, kwargs in zip((self._image_cls(), text_lib.TextTransformer),
                            self._tower_kwargs()):
       cls(**kwargs, parent=None)  # Raises ConfigError for bad field values.
     if self.temperature_init <= 0:
@@ -77,6 +88,10 @@ class TwoTowers(nn.Module):
           f"model.temperature_init={self.temperature_init} must be positive "
           "(its log is the learned parameter 't').")
     super().__post_init__()
+
+  def _image_cls(self) -> type[nn.Module]:
+    return config_lib.lookup(IMAGE_TOWERS, self.image_model,
+                             "model.image_model")
 
   def _out_dims(self) -> tuple[int, int]:
     out_dim = self.out_dim
@@ -89,10 +104,11 @@ class TwoTowers(nn.Module):
     return tuple(int(d or 0) for d in out_dim)
 
   def _tower_kwargs(self) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Kwargs of (vit.ViT, text.TextTransformer), keys checked."""
+    """Kwargs of (image tower, text.TextTransformer), keys checked."""
     img_dim, txt_dim = self._out_dims()
     towers = []
-    for where, cls, cfg, dim in (("model.image", vit.ViT, self.image, img_dim),
+    for where, cls, cfg, dim in (("model.image", self._image_cls(),
+                                  self.image, img_dim),
                                  ("model.text", text_lib.TextTransformer,
                                   self.text, txt_dim)):
       kwargs = _as_dict(cfg)
@@ -105,7 +121,7 @@ class TwoTowers(nn.Module):
         raise config_lib.ConfigError(
             f"{where}.head_zeroinit=True makes every embedding 0 at init, and "
             "its normalisation gradient NaN; remove it.")
-      # The ViT zero-initialises its head by default; a tower must not.
+      # Classifiers zero-initialise their head by default; a tower must not.
       towers.append({**kwargs, "num_classes": dim, "head_zeroinit": False})
     return tuple(towers)
 
@@ -130,7 +146,8 @@ class TwoTowers(nn.Module):
     out = {}
     zimg = ztxt = None
     if image is not None:
-      zimg, img_out = vit.ViT(**img_kwargs, name="img")(image, train=train)
+      zimg, img_out = self._image_cls()(**img_kwargs, name="img")(
+          image, train=train)
       out.update({f"img/{k}": v for k, v in img_out.items()})
       zimg, out["img/norm"] = _normalize(zimg.astype(jnp.float32))
     if text is not None:

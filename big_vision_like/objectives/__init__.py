@@ -14,11 +14,15 @@ from typing import Any
 import flax.linen as nn
 
 from big_vision_like import checks
+from big_vision_like.objectives import contrastive
 from big_vision_like.objectives import supervised
 from big_vision_like.objectives.base import Objective
 from big_vision_like.objectives.base import PredictFn  # noqa: F401
 
-OBJECTIVES: dict[str, Any] = {"supervised": supervised.Supervised}
+OBJECTIVES: dict[str, Any] = {
+    "supervised": supervised.Supervised,
+    "contrastive": contrastive.Contrastive,
+}
 
 
 def build(cfg: Mapping[str, Any], model: nn.Module) -> Objective:

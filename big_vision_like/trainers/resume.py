@@ -18,6 +18,11 @@ another run's weights.
                True: load the leaves whose path and shape match, keep the
                fresh initialisation of the others (e.g. a new head), and log
                both lists.
+      into     None: the checkpoint is of this model. A top-level parameter
+               group (e.g. "img"): load the checkpoint's params and model
+               state into that group only, e.g. a classifier's run into a
+               two-tower model's image tower (LiT); the rest keeps its
+               initialisation. With a classifier's head, set partial=True.
 """
 
 from __future__ import annotations
@@ -48,7 +53,8 @@ MAY_CHANGE = (
     "log_every_steps", "ckpt_every_steps", "keep_ckpts",
     "keep_ckpt_every_steps", "max_consecutive_nonfinite", "init_from",
     "input.num_threads", "input.prefetch", "input.data.data_dir")
-INIT_FROM_DEFAULTS = {"path": None, "step": None, "partial": False}
+INIT_FROM_DEFAULTS = {"path": None, "step": None, "partial": False,
+                      "into": None}
 _SHOWN = 20  # Differences listed in an error message.
 PyTree = Any
 
@@ -269,14 +275,35 @@ def init_from(cfg: Mapping[str, Any], state: state_lib.TrainState,
         "config.init_from.path is not set: give the workdir (or checkpoints "
         "directory) of the run whose weights to load.")
   # Only what a model is made of; the checkpoint also holds opt_state etc.
-  wanted = {"params": state.params, "model_state": state.model_state}
+  wanted = _group(state.params, state.model_state, cfg["into"])
   abstract = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
       wanted)
   step, loaded = load_variables(
       str(cfg["path"]), cfg["step"], abstract,
       fallback=wanted if cfg["partial"] else None)
-  log.info("Initialised the model from step %d of %s.", step, cfg["path"])
+  log.info("Initialised %s from step %d of %s.",
+           f"'{cfg['into']}'" if cfg["into"] else "the model", step,
+           cfg["path"])
+  params, model_state = loaded["params"], loaded["model_state"]
+  if cfg["into"]:
+    into = cfg["into"]
+    params = {**state.params, into: params}
+    model_state = {k: ({**v, into: model_state[k]} if k in model_state else v)
+                   for k, v in state.model_state.items()}
   create = lambda p, s: state_lib.create({"params": p, **s}, tx)
-  return jax.jit(create, out_shardings=state_shardings)(
-      loaded["params"], loaded["model_state"])
+  return jax.jit(create, out_shardings=state_shardings)(params, model_state)
+
+
+def _group(params: PyTree, model_state: PyTree, into: str | None
+           ) -> dict[str, PyTree]:
+  """{"params", "model_state"} of the whole model, or of its group `into`."""
+  if into is None:
+    return {"params": params, "model_state": model_state}
+  if into not in params:
+    raise config_lib.ConfigError(
+        f"config.init_from.into={into!r} is not a top-level parameter group "
+        f"of the model; choose one of: {', '.join(sorted(params))}.")
+  return {"params": params[into],
+          "model_state": {k: v[into] for k, v in model_state.items()
+                          if into in v}}

@@ -33,8 +33,8 @@ def test_vit_s16_i1k_matches_big_visions_recipe():
 
 
 def test_every_config_is_listed():
-  assert {"demo.py", "vit_b16.py", "vit_s16_i1k.py",
-          "resnet50_i1k.py"} <= set(CONFIGS)
+  assert {"demo.py", "vit_b16.py", "vit_s16_i1k.py", "resnet50_i1k.py",
+          "clip_demo.py"} <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -51,7 +51,8 @@ def test_config_resolves_and_validates(name, arg):
   spec = f"configs/{name}" + (f":{arg}" if arg else "")
   config = config_lib.resolve(config_lib.load(str(REPO / spec)))
   objective = setup.validate(config)  # Every section; opens no data.
-  assert "logits" in objective.predict_fns
+  # Every evaluator's predict functions exist (checked by validate).
+  assert {"logits", "embed_image"} & set(objective.predict_fns)
 
 
 @pytest.mark.integration

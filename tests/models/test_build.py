@@ -6,12 +6,14 @@ import pytest
 from big_vision_like import config as config_lib
 from big_vision_like import models
 from big_vision_like.models import resnet
+from big_vision_like.models import two_towers
 from big_vision_like.models import vit
 
 
 def test_table_maps_names_to_the_model_classes():
   assert models.MODELS == {
-      "vit": vit.ViT, "bit": resnet.BiT, "resnet": resnet.ResNet}
+      "vit": vit.ViT, "bit": resnet.BiT, "resnet": resnet.ResNet,
+      "two_towers": two_towers.TwoTowers}
 
 
 def test_build_passes_config_fields_to_the_model():

@@ -172,6 +172,24 @@ def test_bad_fields_fail_at_construction_naming_the_key(kwargs, hint):
     _tiny(**kwargs)
 
 
+@pytest.mark.parametrize("image_model, image", [
+    ("bit", dict(depth=26)), ("resnet", dict(depth=18))])
+def test_bit_and_resnet_image_towers_give_unit_norm_embeddings(image_model,
+                                                               image):
+  model = _tiny(image_model=image_model, image=image)
+  variables = _init(model)
+  (zimg, ztxt, _), _ = model.apply(variables, IMAGES, TOKENS, train=True,
+                                   mutable=["batch_stats"])
+  assert zimg.shape == (3, 16) and ztxt.shape == (5, 16)
+  np.testing.assert_allclose(np.linalg.norm(zimg, axis=1), 1, rtol=1e-5)
+  assert set(variables["params"]["img"]) >= {"head"}
+
+
+def test_an_unknown_image_tower_fails_naming_the_closest():
+  with pytest.raises(config_lib.ConfigError, match="Did you mean 'resnet'"):
+    _tiny(image_model="resnte")
+
+
 def test_embedding_sizes_that_differ_fail_naming_out_dim():
   with pytest.raises(config_lib.ConfigError, match="set model.out_dim"):
     _abstract(_tiny(out_dim=(None, 16)))
