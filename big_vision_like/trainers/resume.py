@@ -9,15 +9,26 @@ another run's weights.
     ones, naming the reason) onto the current mesh, whatever mesh wrote it.
     A checkpoint of a different model fails listing the differing leaves.
   * `init_from`: fine-tuning. `config.init_from = dict(path=..., step=None,
-    partial=False)` loads the params and model state (not the optimizer
-    state or step) of another run when this workdir has no checkpoint yet:
+    partial=False, format="orbax", resample_posemb=False,
+    reinit_head=False)` loads the params and model state (not the optimizer
+    state or step) of another run, or the params of a file, when this
+    workdir has no checkpoint yet:
       path     that run's workdir, or its checkpoints directory (read only:
-               it may still be training).
-      step     the checkpoint step; None: the newest.
-      partial  False: the checkpoint must hold exactly this model's leaves.
+               it may still be training); or the file of `format`.
+      step     the checkpoint step; None: the newest (Orbax runs only).
+      format   a key of `model_io.IMPORTERS`: "orbax" (our runs),
+               "big_vision_npz" (`file.npz`, or `file.npz:key` for a
+               sub-tree), "safetensors".
+      resample_posemb  resample a position embedding of another grid size
+               (fine-tuning at another resolution), bilinearly.
+      reinit_head      keep the fresh head (e.g. another number of classes).
+      partial  False: the weights must fit this model exactly, but for the
+               surgery asked for above; one error lists what does not.
                True: load the leaves whose path and shape match, keep the
                fresh initialisation of the others (e.g. a new head), and log
                both lists.
+    Scanned and looped ViT blocks are converted to the model's layout. See
+    `model_io/surgery.py`.
 """
 
 from __future__ import annotations
@@ -36,6 +47,9 @@ import orbax.checkpoint as ocp
 
 from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import config as config_lib
+from big_vision_like import model_io
+from big_vision_like.checkpoint import tree_paths
+from big_vision_like.model_io import surgery
 from big_vision_like.trainers import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -48,7 +62,9 @@ MAY_CHANGE = (
     "log_every_steps", "ckpt_every_steps", "keep_ckpts",
     "keep_ckpt_every_steps", "max_consecutive_nonfinite", "init_from",
     "input.num_threads", "input.prefetch", "input.data.data_dir")
-INIT_FROM_DEFAULTS = {"path": None, "step": None, "partial": False}
+INIT_FROM_DEFAULTS = {"path": None, "step": None, "partial": False,
+                      "format": "orbax", "resample_posemb": False,
+                      "reinit_head": False}
 _SHOWN = 20  # Differences listed in an error message.
 PyTree = Any
 
@@ -262,21 +278,58 @@ def init_from(cfg: Mapping[str, Any], state: state_lib.TrainState,
       checkpoint whose leaves differ from the model's, listing them.
     CheckpointError: the checkpoint cannot be read.
   """
+  cfg = check_init_from(cfg)
+  if cfg["format"] != "orbax" or cfg["resample_posemb"] or cfg["reinit_head"]:
+    params, model_state = _imported_params(cfg, state), state.model_state
+  else:
+    # Only what a model is made of; the checkpoint also holds opt_state etc.
+    wanted = {"params": state.params, "model_state": state.model_state}
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        wanted)
+    step, loaded = load_variables(
+        str(cfg["path"]), cfg["step"], abstract,
+        fallback=wanted if cfg["partial"] else None)
+    log.info("Initialised the model from step %d of %s.", step, cfg["path"])
+    params, model_state = loaded["params"], loaded["model_state"]
+  create = lambda p, s: state_lib.create({"params": p, **s}, tx)
+  return jax.jit(create, out_shardings=state_shardings)(params, model_state)
+
+
+def check_init_from(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """`config.init_from` with its defaults filled in.
+
+  Raises:
+    ConfigError: an unknown key or format (naming the closest), or no path.
+  """
   config_lib.check_keys(cfg, INIT_FROM_DEFAULTS, "config.init_from")
   cfg = {**INIT_FROM_DEFAULTS, **cfg}
+  config_lib.lookup(model_io.IMPORTERS, cfg["format"],
+                    "config.init_from.format")
   if not cfg["path"]:
     raise config_lib.ConfigError(
         "config.init_from.path is not set: give the workdir (or checkpoints "
-        "directory) of the run whose weights to load.")
-  # Only what a model is made of; the checkpoint also holds opt_state etc.
-  wanted = {"params": state.params, "model_state": state.model_state}
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-      wanted)
-  step, loaded = load_variables(
-      str(cfg["path"]), cfg["step"], abstract,
-      fallback=wanted if cfg["partial"] else None)
-  log.info("Initialised the model from step %d of %s.", step, cfg["path"])
-  create = lambda p, s: state_lib.create({"params": p, **s}, tx)
-  return jax.jit(create, out_shardings=state_shardings)(
-      loaded["params"], loaded["model_state"])
+        "directory) of the run, or the file, whose weights to load.")
+  return cfg
+
+
+def _imported_params(cfg: Mapping[str, Any], state: state_lib.TrainState
+                     ) -> PyTree:
+  """`state.params` with the leaves of `cfg`'s file put in, after the
+  surgery `cfg` asks for (model_io.surgery.fit)."""
+  if jax.tree.leaves(state.model_state):
+    raise config_lib.ConfigError(
+        "This model has state besides its params (e.g. batch statistics), "
+        "which only format='orbax' without resample_posemb or reinit_head "
+        "loads. Use that, or a model without it.")
+  loaded = model_io.load(cfg["format"], str(cfg["path"]), cfg["step"])
+  fitted, fresh = surgery.fit(
+      loaded, state.params, resample_posemb=cfg["resample_posemb"],
+      reinit_head=cfg["reinit_head"], partial=cfg["partial"])
+  named, treedef = tree_paths.flatten(state.params)
+  for name, x in named.items():
+    if name not in fresh:
+      named[name] = jax.device_put(fitted[name], x.sharding)
+  log.info("Initialised the model from %s (%s); fresh leaves: %s.",
+           cfg["path"], cfg["format"], ", ".join(fresh) or "none")
+  return tree_paths.unflatten(treedef, list(named), named)
