@@ -130,3 +130,18 @@ def test_fine_tuning_from_npz_at_higher_resolution_with_a_new_head(
       surgery.resample_posemb(old["pos_embedding"], 16))
   assert tuned["head/kernel"].shape == (16, 12)
   assert not tuned["head/kernel"].any()  # Fresh: the zero-initialised head.
+
+
+def test_a_scanned_model_starts_from_a_looped_orbax_run_with_a_new_head(
+    pretrained, digits_data_dir, tmp_path):
+  tune = {**_overrides(digits_data_dir, classes=12), "model.scan": True,
+          "optim.lr": 0.0, "optim.wd": 0.0, "total_steps": 2,
+          "init_from": dict(path=str(pretrained), reinit_head=True)}
+  assert train.run(_config(tune), str(tmp_path)) == 0
+  tuned = tree_paths.from_nested(orbax_run.load(str(tmp_path)))
+  old = tree_paths.from_nested(orbax_run.load(str(pretrained)))
+  block = "Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"
+  np.testing.assert_array_equal(
+      tuned[block], old[block.replace("encoderblock", "encoderblock_0")][None])
+  assert tuned["pos_embedding"].tobytes() == old["pos_embedding"].tobytes()
+  assert tuned["head/kernel"].shape == (16, 12)
