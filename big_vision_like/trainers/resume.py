@@ -48,8 +48,6 @@ import orbax.checkpoint as ocp
 from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import config as config_lib
 from big_vision_like import model_io
-from big_vision_like.checkpoint import tree_paths
-from big_vision_like.model_io import surgery
 from big_vision_like.trainers import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -315,21 +313,14 @@ def check_init_from(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _imported_params(cfg: Mapping[str, Any], state: state_lib.TrainState
                      ) -> PyTree:
-  """`state.params` with the leaves of `cfg`'s file put in, after the
+  """`state.params` with the leaves of `cfg`'s file or run put in, after the
   surgery `cfg` asks for (model_io.surgery.fit)."""
   if jax.tree.leaves(state.model_state):
     raise config_lib.ConfigError(
         "This model has state besides its params (e.g. batch statistics), "
         "which only format='orbax' without resample_posemb or reinit_head "
         "loads. Use that, or a model without it.")
-  loaded = model_io.load(cfg["format"], str(cfg["path"]), cfg["step"])
-  fitted, fresh = surgery.fit(
-      loaded, state.params, resample_posemb=cfg["resample_posemb"],
-      reinit_head=cfg["reinit_head"], partial=cfg["partial"])
-  named, treedef = tree_paths.flatten(state.params)
-  for name, x in named.items():
-    if name not in fresh:
-      named[name] = jax.device_put(fitted[name], x.sharding)
-  log.info("Initialised the model from %s (%s); fresh leaves: %s.",
-           cfg["path"], cfg["format"], ", ".join(fresh) or "none")
-  return tree_paths.unflatten(treedef, list(named), named)
+  return model_io.load_into(
+      cfg["format"], str(cfg["path"]), cfg["step"], state.params,
+      resample_posemb=cfg["resample_posemb"], reinit_head=cfg["reinit_head"],
+      partial=cfg["partial"])
