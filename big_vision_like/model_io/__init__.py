@@ -28,6 +28,7 @@ from big_vision_like.model_io import npz
 from big_vision_like.model_io import orbax_run
 from big_vision_like.model_io import safetensors_format
 from big_vision_like.model_io import surgery
+from big_vision_like.model_io import timm_vit
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ IMPORTERS: dict[str, Callable[[str, int | None], Params]] = {
     "orbax": orbax_run.load,               # A workdir of ours.
     "big_vision_npz": npz.load,            # file.npz, or file.npz:sub/tree.
     "safetensors": safetensors_format.load,
+    "timm_vit": timm_vit.load,             # timm vit_* .safetensors.
 }
 
 EXPORTERS: dict[str, Callable[[Mapping[str, Any], str], None]] = {

@@ -3,8 +3,9 @@
 `fit` takes the parameters read from a file and the model's parameter
 shapes, and changes only what it is asked to, in this order:
 
-  layout   scanned <-> looped transformer blocks (`LAYOUTS`): lossless, done
-           whenever the two layouts differ, and logged.
+  layout   scanned <-> looped transformer blocks (`LAYOUTS`), and attention
+           weights with merged heads split into the model's heads
+           (`MERGED_HEADS`): lossless, done whenever they differ.
   posemb   position embeddings (`POSEMB`) resampled to the model's grid,
            bilinearly as big_vision's `resample_posemb`, when asked.
   head     the head (`HEAD`) left at its fresh initialisation (e.g. a new
@@ -44,6 +45,12 @@ POSEMB = (re.compile(r"^(.*/)?pos_embedding$"),)
 POSEMB_PREFIX_TOKENS = (0, 1)
 # The classification head.
 HEAD = (re.compile(r"^head/"),)
+# Attention leaves stored with the heads merged (timm: kernels (d, d), biases
+# (d,)): a reshape splits them into the model's (d, heads, head_dim),
+# (heads, head_dim, d) and (heads, head_dim), losslessly.
+MERGED_HEADS = (re.compile(
+    r"^(.*/)?MultiHeadDotProductAttention_\d+/(query|key|value|out)/"
+    r"(kernel|bias)$"),)
 _SHOWN = 20  # Leaves listed per kind of difference.
 
 
@@ -52,7 +59,8 @@ def _matches(patterns: tuple[re.Pattern, ...], name: str) -> bool:
 
 
 def to_looped(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Scanned blocks ({stack}/{leaf}, stacked on axis 0) -> {stack}_{i}/{leaf}."""
+  """Scanned blocks ({stack}/{leaf}, stacked on axis 0) ->
+  {stack}_{i}/{leaf}."""
   out = {}
   for name, x in flat.items():
     match = next((s.match(name) for _, s in LAYOUTS if s.match(name)), None)
@@ -198,6 +206,11 @@ def fit(loaded: Mapping[str, Any], target: Mapping[str, Any], *,
   elif _is_looped(target) and _is_scanned(flat):
     log.info("%s: unstacking the scanned blocks for scan=False.", what)
     flat = to_looped(flat)
+  for name, x in flat.items():
+    shape = tuple(target[name].shape) if name in target else None
+    if (_matches(MERGED_HEADS, name) and shape is not None
+        and x.ndim < len(shape) and x.size == math.prod(shape)):
+      flat[name] = np.reshape(x, shape)
   fresh = []
   if reinit_head:
     fresh = sorted(n for n in target if _matches(HEAD, n))

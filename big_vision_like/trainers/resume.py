@@ -18,7 +18,8 @@ another run's weights.
       step     the checkpoint step; None: the newest (Orbax runs only).
       format   a key of `model_io.IMPORTERS`: "orbax" (our runs),
                "big_vision_npz" (`file.npz`, or `file.npz:key` for a
-               sub-tree), "safetensors".
+               sub-tree), "safetensors", "timm_vit" (a timm vit_*
+               .safetensors file).
       resample_posemb  resample a position embedding of another grid size
                (fine-tuning at another resolution), bilinearly.
       reinit_head      keep the fresh head (e.g. another number of classes).

@@ -92,7 +92,7 @@ def test_other_differences_fail_once_listing_missing_and_unexpected_leaves():
   assert "config.init_from.partial=True" in message
   old["extra"] = np.zeros(2)
   with pytest.raises(config_lib.ConfigError,
-                     match=r"in the file, not in the model \(1\): extra \(2,\)"):
+                     match=r"not in the model \(1\): extra \(2,\)"):
     surgery.fit(old, target)
 
 
