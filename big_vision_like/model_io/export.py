@@ -27,6 +27,7 @@ from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import config as config_lib
 from big_vision_like import model_io
 from big_vision_like import setup
+from big_vision_like.trainers import resume
 from input_pipeline import pipeline
 from input_pipeline import preprocess
 from input_pipeline import sources
@@ -50,6 +51,7 @@ def read_params(config: ml_collections.ConfigDict, workdir: str,
         "Export on one process: it gathers every parameter onto this host.")
   config = config_lib.resolve(config)
   objective = setup.validate(config)
+  resume.find_checkpoints(workdir, "--workdir")  # Before opening any data.
   env = setup.make_env(config)
   mock = (sources.mock_data(config.mock_examples) if config.mock_examples
           else contextlib.nullcontext())
