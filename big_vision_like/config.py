@@ -75,8 +75,10 @@ def defaults() -> "ml_collections.ConfigDict":
   c.keep_ckpt_every_steps = None
   c.max_consecutive_nonfinite = 10
   c.allow_config_change = False
-  # Fine-tuning: dict(path=<workdir or checkpoints dir>, step=None,
-  # partial=False) loads params from another run when starting fresh.
+  # Fine-tuning: dict(path=<workdir or checkpoints dir, or a file>, step=None,
+  # partial=False, format="orbax" (or a key of model_io.IMPORTERS),
+  # resample_posemb=False, reinit_head=False) loads params from another run
+  # or a file when starting fresh (trainers/resume.py, model_io/surgery.py).
   c.init_from = None
   return c
 

@@ -102,9 +102,8 @@ def validate(config: ml_collections.ConfigDict) -> objectives.Objective:
   sharding.check_overrides(config.sharding.overrides, mesh)
   sources.check_config(config.input.data)
   preprocess.validate(config.input.pp)
-  if config.init_from is not None:
-    checks.check_keys(config.init_from, resume.INIT_FROM_DEFAULTS,
-                      "config.init_from")
+  if config.init_from:
+    resume.check_init_from(config.init_from)  # Keys, format, path.
   for name, ev in config.evals.items():
     cls, parsed = evaluators.parse(name, ev)
     evaluators.predict_fns(name, cls, parsed, objective)

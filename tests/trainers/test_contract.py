@@ -147,6 +147,8 @@ BAD_KEYS = [
     ("input.batch_size", 0, "input.batch_size=0"),
     ("log_every_steps", 0, "log_every_steps=0"),
     ("init_from", {"pth": "/x"}, "Did you mean 'path'"),
+    ("init_from", {"path": "/x", "format": "bigvision_npz"},
+     "Did you mean 'big_vision_npz'"),
     ("evals.test.bach_size", 8, "Did you mean 'batch_size'"),
     ("evals.test.type", "clasification", "Did you mean 'classification'"),
     ("evals.test.loss_name", "softmax", "Did you mean 'softmax_xent'"),
