@@ -33,6 +33,7 @@ from big_vision_like import objectives
 from big_vision_like import optim
 from big_vision_like import sharding
 from big_vision_like.trainers import resume
+from big_vision_like.trainers import warm_start
 from big_vision_like.trainers import state as state_lib
 from input_pipeline import pipeline
 from input_pipeline import prefetch
@@ -103,7 +104,7 @@ def validate(config: ml_collections.ConfigDict) -> objectives.Objective:
   sources.check_config(config.input.data)
   preprocess.validate(config.input.pp)
   if config.init_from:
-    resume.check_init_from(config.init_from)  # Keys, format, path.
+    warm_start.check_init_from(config.init_from)  # Keys, format, path.
   for name, ev in config.evals.items():
     cls, parsed = evaluators.parse(name, ev)
     evaluators.predict_fns(name, cls, parsed, objective)

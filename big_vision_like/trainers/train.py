@@ -4,9 +4,10 @@ Read top to bottom: config and workdir, mesh, data, model and optimizer,
 sharded state, restore, step function, evaluators, loop. What differs between
 supervised and contrastive training lives in `big_vision_like/objectives/`;
 the setup steps that evaluation and benchmarks share are the named functions
-of `big_vision_like/setup.py`; how a run starts (resume, or initialise, optionally from another run's
-weights: `config.init_from`) in `resume.py`, preemption notices in
-`preemption.py`, metric windows in `progress.py`.
+of `big_vision_like/setup.py`; how a run starts in `resume.py` (resume) and
+`warm_start.py` (initialise from another run's or a file's weights:
+`config.init_from`), preemption notices in `preemption.py`, metric windows in
+`progress.py`.
 
 Fault tolerance:
   * A checkpoint holds the train state, the input iterator's position and
@@ -62,6 +63,7 @@ from big_vision_like import sharding
 from big_vision_like.trainers import preemption
 from big_vision_like.trainers import progress
 from big_vision_like.trainers import resume
+from big_vision_like.trainers import warm_start
 from big_vision_like.trainers import state as state_lib
 from input_pipeline import sources
 
@@ -175,7 +177,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     state = setup.create_train_state(objective, tx, batch_spec, init_rng,
                                      state_shardings)
     if config.init_from:
-      state = resume.init_from(config.init_from, state, tx, state_shardings)
+      state = warm_start.init_from(config.init_from, state, tx, state_shardings)
     step = 0
   if step >= total_steps:
     log.info("Run already finished at step %d; nothing to do.", step)

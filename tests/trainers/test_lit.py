@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from big_vision_like import config as config_lib
-from big_vision_like.trainers import resume
+from big_vision_like.trainers import warm_start
 from big_vision_like.trainers import train
 from configs import clip_demo
 
@@ -59,4 +59,4 @@ def test_lit_trains_the_text_tower_and_leaves_the_image_tower_bitwise(
 def test_init_from_into_an_unknown_group_fails_naming_the_groups():
   with pytest.raises(config_lib.ConfigError,
                      match="into='image'.*choose one of: img, t, txt"):
-    resume._group({"img": 1, "txt": 2, "t": 3}, {}, "image")
+    warm_start._group({"img": 1, "txt": 2, "t": 3}, {}, "image")

@@ -17,6 +17,7 @@ from big_vision_like import config as config_lib
 from big_vision_like import setup
 from big_vision_like.checkpoint import tree_paths
 from big_vision_like.trainers import resume
+from big_vision_like.trainers import warm_start
 from big_vision_like.trainers import state as state_lib
 from big_vision_like.trainers import train
 from input_pipeline import pipeline
@@ -184,7 +185,7 @@ def test_init_from_loads_the_params_of_another_run(digits_data_dir,
   tx = optax.sgd(0.1)
   fresh = _fresh_state(tiny_config(digits_data_dir), tx)
   shardings = jax.tree.map(lambda x: x.sharding, fresh)
-  state = resume.init_from({"path": str(reference)}, fresh, tx, shardings)
+  state = warm_start.init_from({"path": str(reference)}, fresh, tx, shardings)
   saved, _ = load(reference, TOTAL_STEPS)
   params, _ = tree_paths.flatten(state.params)
   assert params and all(
@@ -200,12 +201,12 @@ def test_init_from_a_different_model_needs_partial_and_keeps_new_leaves(
                        tx)
   shardings = jax.tree.map(lambda x: x.sharding, fresh)
   with pytest.raises(config_lib.ConfigError) as error:
-    resume.init_from({"path": str(reference)}, fresh, tx, shardings)
+    warm_start.init_from({"path": str(reference)}, fresh, tx, shardings)
   assert "in the model, not in the checkpoint (1): params/cls" in str(
       error.value)
   assert "config.init_from.partial=True" in str(error.value)
 
-  state = resume.init_from({"path": str(reference / "checkpoints"),
+  state = warm_start.init_from({"path": str(reference / "checkpoints"),
                             "partial": True}, fresh, tx, shardings)
   assert "params/cls" in caplog.text  # The leaves not loaded are logged.
   saved, _ = load(reference, TOTAL_STEPS)
@@ -225,7 +226,7 @@ def test_init_from_with_a_bad_path_or_key_fails_clearly(tmp_path,
   fresh = _fresh_state(tiny_config(digits_data_dir), tx)
   shardings = jax.tree.map(lambda x: x.sharding, fresh)
   with pytest.raises(config_lib.ConfigError, match="no checkpoint in"):
-    resume.init_from({"path": str(tmp_path)}, fresh, tx, shardings)
+    warm_start.init_from({"path": str(tmp_path)}, fresh, tx, shardings)
   with pytest.raises(config_lib.ConfigError, match="Did you mean 'partial'"):
-    resume.init_from({"path": str(tmp_path), "partail": True}, fresh, tx,
+    warm_start.init_from({"path": str(tmp_path), "partail": True}, fresh, tx,
                      shardings)
