@@ -19,7 +19,6 @@ with fixed seeds (`SEEDS`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -51,18 +50,9 @@ def make_split(split: str) -> tuple[np.ndarray, list[list[int]]]:
   return tiles, tile_labels
 
 
-class SklearnDigitTiles(tfds.core.GeneratorBasedBuilder):
+class SklearnDigitTiles(digits.LocalBuilder):
   """2-4 handwritten digits per image; labels: the set of digits shown."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
-
-  def __init__(self, **kwargs: Any):
-    super().__init__(**kwargs)
-    # As digits.SklearnDigits: array_record, so that grain can read it.
-    if kwargs.get("file_format") is None and not self.is_prepared():
-      self.info.set_file_format(tfds.core.FileFormat.ARRAY_RECORD,
-                                override=True)
 
   def _info(self) -> tfds.core.DatasetInfo:
     side = GRID * CELL

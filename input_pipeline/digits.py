@@ -46,19 +46,26 @@ def load_split(split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   return keys, images[..., None], digits.target[keys]
 
 
-class SklearnDigits(tfds.core.GeneratorBasedBuilder):
-  """scikit-learn's 8x8 handwritten digits (UCI optdigits test set)."""
+class LocalBuilder(tfds.core.GeneratorBasedBuilder):
+  """Base of the builders we ship (built offline from installed packages).
+
+  Abstract (TFDS registers only its concrete subclasses). New builds default
+  to array_record so that `tfds.data_source` (random access, grain) works; a
+  prepared copy keeps the format it was built in.
+  """
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
 
   def __init__(self, **kwargs: Any):
     super().__init__(**kwargs)
-    # New builds default to array_record so that `tfds.data_source` (random
-    # access, grain) works; a prepared copy keeps the format it was built in.
     if kwargs.get("file_format") is None and not self.is_prepared():
       self.info.set_file_format(tfds.core.FileFormat.ARRAY_RECORD,
                                 override=True)
+
+
+class SklearnDigits(LocalBuilder):
+  """scikit-learn's 8x8 handwritten digits (UCI optdigits test set)."""
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(

@@ -19,7 +19,6 @@ those of `digits.load_split` ("train" 1,437, "test" 360).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -51,18 +50,9 @@ def captions(key: int, label: int) -> list[str]:
           for t, numeral in zip(templates, numerals)]
 
 
-class SklearnDigitsCaptions(tfds.core.GeneratorBasedBuilder):
+class SklearnDigitsCaptions(digits.LocalBuilder):
   """scikit-learn's 8x8 digits, each with captions made from its label."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
-
-  def __init__(self, **kwargs: Any):
-    super().__init__(**kwargs)
-    # array_record, for random access (see digits.SklearnDigits).
-    if kwargs.get("file_format") is None and not self.is_prepared():
-      self.info.set_file_format(tfds.core.FileFormat.ARRAY_RECORD,
-                                override=True)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
