@@ -119,3 +119,19 @@ class DatasetEvaluator:
     for local in self._iterator:
       yield pipeline.to_global({k: local[k] for k in self._keys},
                                self._sharding)
+
+  def sum_over_batches(self, step: Any, *args: Any) -> dict[str, np.ndarray]:
+    """Sums `step(*args, batch)`'s dict of counts over one pass, on device,
+    then fetches the totals as float64 host arrays.
+
+    Raises:
+      ValueError: the split is empty.
+    """
+    totals = None
+    for batch in self.batches():
+      counts = step(*args, batch)
+      totals = counts if totals is None else jax.tree.map(
+          lambda a, b: a + b, totals, counts)
+    if totals is None:
+      raise ValueError("The evaluation split is empty.")
+    return jax.tree.map(lambda x: np.asarray(x, np.float64), totals)

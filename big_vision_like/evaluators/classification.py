@@ -78,14 +78,7 @@ class Evaluator(base.DatasetEvaluator):
     self._step = _eval_step(predict_fn, cfg.loss_name)
 
   def run(self, params: base.PyTree, model_state: base.PyTree) -> base.Results:
-    totals = None
-    for batch in self.batches():
-      counts = self._step(params, model_state, batch)
-      totals = counts if totals is None else jax.tree.map(jnp.add, totals,
-                                                          counts)
-    if totals is None:
-      raise ValueError("The evaluation split is empty.")
-    totals = jax.tree.map(lambda x: np.asarray(x, np.float64), totals)
+    totals = self.sum_over_batches(self._step, params, model_state)
     n = max(float(totals["count"]), 1.0)
     return base.Results(
         scalars={"prec@1": float(totals["correct@1"]) / n,

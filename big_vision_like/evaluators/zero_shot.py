@@ -172,14 +172,8 @@ class Evaluator(base.DatasetEvaluator):
     # A host array: every process passes the same one to the step.
     classes = class_embeddings(text_emb, self._classes,
                                len(self.cfg.classnames)).astype(np.float32)
-    totals = None
-    for batch in self.batches():
-      counts = self._step(params, model_state, batch, classes)
-      totals = counts if totals is None else jax.tree.map(jnp.add, totals,
-                                                          counts)
-    if totals is None:
-      raise ValueError("The evaluation split is empty.")
-    totals = jax.tree.map(lambda x: np.asarray(x, np.float64), totals)
+    totals = self.sum_over_batches(
+        lambda p, s, b: self._step(p, s, b, classes), params, model_state)
     n = max(float(totals["count"]), 1.0)
     return base.Results(
         scalars={"prec@1": float(totals["correct@1"]) / n,
