@@ -33,23 +33,7 @@ flags.DEFINE_string("output", None, "predict: the .csv or .jsonl to write.")
 flags.DEFINE_integer("top_k", 5, "predict: classes written per image.")
 flags.mark_flags_as_required(["config", "workdir"])
 
-_OVERRIDES = {}
-
-
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, after taking the `--config.a.b=value` overrides off argv.
-
-  Not ml_collections.config_flags: it applies overrides to the config file's
-  own dict, before our defaults are merged, so `--config.log_every_steps=5`
-  or a new model field (`--config.model.dropout=0.1`) would be refused when
-  the file does not set them.
-  """
-  try:
-    rest, overrides = config_lib.split_overrides(argv)
-  except config_lib.ConfigError as e:
-    sys.exit(f"Error: {e}")
-  _OVERRIDES.update(overrides)
-  return FLAGS(rest)
+_OVERRIDES = {}  # --config.a.b=value, taken off argv before absl parses it.
 
 
 def main(argv: list[str]) -> int:
@@ -65,8 +49,7 @@ def main(argv: list[str]) -> int:
   from big_vision_like.inference import evaluate, predict
   from big_vision_like.trainers import train
   try:
-    config = config_lib.resolve(config_lib.load(FLAGS.config))
-    config_lib.apply_overrides(config, _OVERRIDES)
+    config = config_lib.load_resolved(FLAGS.config, _OVERRIDES)
     if FLAGS.mode == "train":
       code = train.run(config, FLAGS.workdir)
     elif FLAGS.mode == "eval":
@@ -94,4 +77,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main,
+          flags_parser=config_lib.absl_flags_parser(FLAGS, _OVERRIDES))

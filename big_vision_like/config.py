@@ -8,7 +8,7 @@ checks user-given keys against those.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 # The error type and key checks live in the ground module `checks`; they are
@@ -197,3 +197,34 @@ def load(spec: str) -> Any:
   if not hasattr(module, "get_config"):
     raise ConfigError(f"Config file '{path}' has no get_config(arg) function.")
   return module.get_config(arg or None)
+
+
+def load_resolved(spec: str, overrides: Mapping[str, Any]
+                  ) -> "ml_collections.ConfigDict":
+  """`load(spec)` merged over `defaults()`, then `overrides` applied."""
+  config = resolve(load(spec))
+  apply_overrides(config, overrides)
+  return config
+
+
+def absl_flags_parser(flag_values: Any, overrides: dict[str, Any]
+                      ) -> Callable[[list[str]], list[str]]:
+  """An `absl.app.run(flags_parser=...)` that takes the `--config.a.b=value`
+  overrides off argv into `overrides`, then parses the rest with absl.
+
+  Not ml_collections.config_flags: it applies overrides to the config file's
+  own dict, before our defaults are merged, so `--config.log_every_steps=5`
+  or a new model field (`--config.model.dropout=0.1`) would be refused when
+  the file does not set them.
+  """
+  import sys
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      rest, parsed = split_overrides(argv)
+    except ConfigError as e:
+      sys.exit(f"Error: {e}")
+    overrides.update(parsed)
+    return flag_values(rest)
+
+  return parse

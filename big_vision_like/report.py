@@ -257,8 +257,7 @@ def main(argv: list[str]) -> None:
   from big_vision_like import distributed
   distributed.maybe_initialize()  # A no-op unless several processes run.
   try:
-    config = config_lib.resolve(config_lib.load(flags.FLAGS.config))
-    config_lib.apply_overrides(config, overrides)
+    config = config_lib.load_resolved(flags.FLAGS.config, overrides)
     out = run(config, flags.FLAGS.workdir, step=flags.FLAGS.step,
               out=flags.FLAGS.out)
   except config_lib.ConfigError as e:

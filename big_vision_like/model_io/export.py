@@ -105,24 +105,12 @@ def _define_flags() -> None:
   flags.mark_flags_as_required(["config", "workdir", "format", "out"])
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  """absl parsing, after taking the `--config.a.b=value` overrides off argv
-  (as main.py does)."""
-  try:
-    rest, overrides = config_lib.split_overrides(argv)
-  except config_lib.ConfigError as e:
-    sys.exit(f"Error: {e}")
-  _OVERRIDES.update(overrides)
-  return FLAGS(rest)
-
-
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
   logging.getLogger("big_vision_like").setLevel(logging.INFO)
   try:
-    config = config_lib.resolve(config_lib.load(FLAGS.config))
-    config_lib.apply_overrides(config, _OVERRIDES)
+    config = config_lib.load_resolved(FLAGS.config, _OVERRIDES)
     return run(config, FLAGS.workdir, FLAGS.format, FLAGS.out, FLAGS.step)
   except config_lib.ConfigError as e:
     print(f"Error: {e}", file=sys.stderr)
@@ -131,4 +119,5 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main,
+          flags_parser=config_lib.absl_flags_parser(FLAGS, _OVERRIDES))
