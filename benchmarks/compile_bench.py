@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable
@@ -40,6 +39,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from big_vision_like import hardware
 from big_vision_like import config as config_lib
 from big_vision_like import bench as bench_lib
 from big_vision_like import optim
@@ -48,17 +48,6 @@ from big_vision_like.trainers import state as state_lib
 from input_pipeline import pipeline
 from input_pipeline import preprocess
 from input_pipeline import sources
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def load_config(path: str) -> Any:
@@ -131,7 +120,8 @@ def main() -> None:
                       help="use the config's input.batch_size instead")
   parser.add_argument("--rounds", type=int, default=3)
   args = parser.parse_args()
-  print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; jax {jax.__version__} "
+  print(f"CPU: {hardware.cpu_model()}, {os.cpu_count()} cores; "
+        f"jax {jax.__version__} "
         f"on {jax.devices()[0].platform}")
   for path in args.config or ["configs/vit_s16_i1k.py", "configs/demo.py"]:
     bench(path, None if args.config_batch else args.batch_size, args.rounds)

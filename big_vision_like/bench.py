@@ -133,6 +133,7 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
   figures = {
       "config_model": config.model_name,
       "device_kind": jax.devices()[0].device_kind,
+      "cpu_model": hardware.cpu_model(),
       "devices": devices, "processes": jax.process_count(),
       "global_batch": config.input.batch_size,
       "compile_s": compile_s, "compile_s_minimal_step": compile_minimal_s,

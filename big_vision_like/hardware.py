@@ -10,6 +10,7 @@ large matmul in the same dtype, shared by the host's CPU devices.
 from __future__ import annotations
 
 import functools
+import platform
 import time
 
 import jax
@@ -30,6 +31,18 @@ PEAKS = {
     "H100": (989 * TERA, 494.7 * TERA),
     "H200": (989 * TERA, 494.7 * TERA),
 }
+
+
+def cpu_model() -> str:
+  """The host CPU's model name (`lscpu`'s "Model name"), for figures."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
 
 
 def _lookup(kind: str) -> tuple[float, float] | None:
