@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 
 import jax
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
@@ -104,10 +105,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
   with sharding.use_mesh(env.mesh, env.rules):
     for local in iterator:
       batch = pipeline.to_global({"image": local["image"]}, env.data_sharding)
-      mask = pipeline.to_global({"m": local["_mask"]}, env.data_sharding)["m"]
       probs.append(np.asarray(predict(params, model_state, batch)))
-      masks.append(np.asarray(jax.jit(
-          lambda m: m, out_shardings=sharding.replicated(env.mesh))(mask)))
+      # Every process's mask, in process order: the global batch's order.
+      masks.append(np.asarray(multihost_utils.process_allgather(
+          local["_mask"], tiled=True)))
   # Global batches hold records in order; padding and failed records are
   # masked out.
   probs = np.concatenate(probs)[:len(source)]
