@@ -8,11 +8,12 @@ random values: trained weights and moments compress about as badly, zeros
 would make the writes unrealistically cheap. Prints, for our Checkpointer
 and for a plain orbax CheckpointManager (StandardSave, no checks) side by
 side, medians over alternating rounds and their ratios:
-  integrity pass  finiteness + digests of the whole state, waited for (save
-                  waits only for the finiteness screen);
+  integrity pass  finiteness + digests of the whole state on device, waited
+                  for (what restore and synchronous saves run);
   sync save       `save` with async_save=False: returns once committed;
-  async save      the time `save` blocks (checks + device-to-host copy), and
-                  the time until `wait()` returns (the write committed);
+  async save      the time `save` blocks (on CPU: host views of the state;
+                  the checks run in orbax's background thread), and the
+                  time until `wait()` returns (the write committed);
   restore         `restore` onto the same sharding, with all checks.
 """
 

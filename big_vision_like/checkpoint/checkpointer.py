@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -32,6 +33,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from big_vision_like.checkpoint import integrity
+from big_vision_like.checkpoint import layout
 from big_vision_like.checkpoint import restoring
 from big_vision_like.checkpoint import tree_paths
 from big_vision_like.checkpoint.errors import (
@@ -97,6 +99,7 @@ class Checkpointer:
         preservation_policy=policies.AnyPreservationPolicy(keep),
         cleanup_tmp_directories=not read_only, read_only=read_only,
         create=not read_only)
+    self._async = async_save
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, handler_registry=handler_registry())
 
@@ -109,7 +112,12 @@ class Checkpointer:
     return steps[-1] if steps else None
 
   def wait(self) -> None:
-    """Blocks until every pending save is committed (re-raises its errors)."""
+    """Blocks until every pending save is committed (re-raises its errors).
+
+    A save refused in the background (NonFiniteStateError) leaves orbax's
+    uncommitted temporary directory, which orbax removes at the next start
+    (never listed, never restored) or a new save of that step replaces.
+    """
     self._manager.wait_until_finished()
 
   def close(self) -> None:
@@ -119,14 +127,17 @@ class Checkpointer:
            metadata: dict, force: bool = False) -> None:
     """Saves `state` (arrays, possibly sharded) with two JSON dicts at `step`.
 
-    Blocks for the finiteness check and digests (one pass over the state on
-    device) and the device-to-host copy; the write then finishes in the
-    background unless `async_save=False`. A step that is already saved is
-    skipped. Saving a step older than the latest needs `force=True` (e.g.
-    after rolling back).
+    Returns once orbax holds the state on the host; the write, and on CPU
+    the finiteness check and digests, then finish in the background (at once
+    with `async_save=False`). A step that is already saved is skipped.
+    Saving a step older than the latest needs `force=True` (e.g. after
+    rolling back).
 
     Raises:
-      NonFiniteStateError: a leaf holds NaN or Inf; nothing is written.
+      NonFiniteStateError: a leaf holds NaN or Inf; nothing is committed.
+        Raised here when the checks run in the loop's thread (synchronous
+        saves, several processes, accelerators), else by the next `wait` or
+        `save`.
       CheckpointError: `step` is older than the latest and not `force`.
       TypeError: data_state or metadata is not a JSON-serialisable dict.
     """
@@ -135,21 +146,66 @@ class Checkpointer:
     json_items = {DATA_STATE: data_state, METADATA: metadata}
     for item, value in json_items.items():
       _check_json(item, value)
-    checks = integrity.check_leaves(named)
-    bad = [name for name, (finite, _) in checks.items() if not finite]
-    if bad:
-      raise NonFiniteStateError(step, bad)
+    background = self._background_checks(named)
+    if not background:
+      record_args = ocp.args.JsonSave(self._integrity_record(
+          step, named, json_items, integrity.check_leaves(named)))
     if not self._make_room(step, force):
       return
-    record = integrity.make_record(named, checks, json_items)
+    returned = threading.Event()
+    if background:
+      record_args = layout.PendingJsonSave(self._background_record(
+          step, named, json_items, returned))
     args = ocp.args.Composite(**{
         STATE: ocp.args.StandardSave(tree_paths.to_nested(named)),
         DATA_STATE: ocp.args.JsonSave(data_state),
         METADATA: ocp.args.JsonSave(metadata),
-        INTEGRITY: ocp.args.JsonSave(record)})
+        INTEGRITY: record_args})
     # _make_room did the checks; orbax's own save policy would compare with
     # its cached step list, which can hold steps that are not committed.
-    self._manager.save(step, args=args, force=True)
+    try:
+      self._manager.save(step, args=args, force=True)
+    finally:
+      returned.set()
+
+  def _background_checks(self, named: Mapping[str, jax.Array]) -> bool:
+    """Whether to digest host views in orbax's thread, not on device first.
+
+    On CPU devices the host views cost nothing and the device pass would
+    take the loop's cores; on accelerators the device pass is fast and a
+    host view would be a second device-to-host copy. Several processes each
+    hold only their shards' partial sums, so they use the device pass.
+    """
+    return (self._async and jax.process_count() == 1 and all(
+        d.platform == "cpu" for x in named.values() for d in x.devices()))
+
+  def _background_record(self, step: int, named: Mapping[str, jax.Array],
+                         json_items: Mapping[str, Any],
+                         returned: threading.Event) -> Callable[[], dict]:
+    """The integrity record as computed later, in orbax's background thread.
+
+    Holds host views of the shards (not copies on CPU), and starts hashing
+    once `returned` is set: `save` keeps the cores until it returns.
+    """
+    views = integrity.host_views(named)
+    shapes = {n: jax.ShapeDtypeStruct(x.shape, x.dtype)
+              for n, x in named.items()}
+
+    def record() -> dict:
+      returned.wait()
+      return self._integrity_record(step, shapes, json_items,
+                                    integrity.host_checks(views))
+    return record
+
+  @staticmethod
+  def _integrity_record(step: int, named: Mapping[str, jax.Array],
+                        json_items: Mapping[str, Any],
+                        checks: Mapping[str, tuple[bool, str]]) -> dict:
+    """The integrity record, or NonFiniteStateError naming the bad leaves."""
+    bad = [name for name, (finite, _) in checks.items() if not finite]
+    if bad:
+      raise NonFiniteStateError(step, bad)
+    return integrity.make_record(named, checks, json_items)
 
   def _make_room(self, step: int, force: bool) -> bool:
     """Whether to write `step`; clears a stale directory in its way."""

@@ -17,6 +17,11 @@ always changes both sums, moving elements changes them through the position
 keys, and random-looking wider damage is missed with probability ~2^-64.
 Integer sums wrap exactly and commute, so any sharding or reduction order
 gives the same result. It costs about one `isfinite` pass over the state.
+
+Two implementations compute the same digests: `check_leaves` (jitted, on
+device; restores and multi-process saves use it) and `host_checks`, over
+host views of the local shards (`host_views`), which an asynchronous save
+runs in orbax's background thread so the loop does not wait for it.
 """
 
 from __future__ import annotations
@@ -93,6 +98,105 @@ def check_leaves(named: Mapping[str, jax.Array]) -> dict[str, tuple[bool, str]]:
                             for x in named.values()])
   return {name: (bool(f), f"{int(d[0]):08x}{int(d[1]):08x}")
           for name, (f, d) in zip(named, results)}
+
+
+# Host digests: numpy over shards, summed with their global element indices.
+_CHUNK = 1 << 20  # Words hashed per numpy pass (4 MB of uint32).
+_MULTIPLIERS = tuple(_U(m) for m in (0x9E3779B1, 0x85EBCA6B, 0xC2B2AE35,
+                                     0x27D4EB2F, 0x165667B1))
+
+# {leaf path: (global shape, dtype, [(global index of the shard, view)])}.
+HostViews = dict[str, tuple[tuple[int, ...], np.dtype,
+                            list[tuple[tuple[slice, ...], np.ndarray]]]]
+
+
+def host_views(named: Mapping[str, jax.Array]) -> HostViews:
+  """Host arrays of the shards this process digests (replica 0 of each).
+
+  On CPU devices `np.asarray` is a view, not a copy (as orbax's own save
+  uses); jax then declines to donate those buffers while a view lives, so
+  the views keep the saved values however the loop goes on.
+  """
+  return {name: (x.shape, np.dtype(x.dtype),
+                 [(s.index, np.asarray(s.data))
+                  for s in x.addressable_shards if s.replica_id == 0])
+          for name, x in named.items()}
+
+
+def _host_words(x: np.ndarray) -> np.ndarray:
+  """numpy twin of `_words` (little-endian word order, as XLA's bitcast)."""
+  if np.iscomplexobj(x):
+    x = np.stack([x.real, x.imag], axis=-1)
+  if x.dtype == np.bool_:
+    return x.astype(np.uint32)
+  size = x.dtype.itemsize
+  if size in (1, 2):
+    return x.view({1: np.uint8, 2: np.uint16}[size]).astype(np.uint32)
+  if size in (4, 8):
+    x = np.ascontiguousarray(x)
+    words = x.reshape(x.shape + (1,)).view(np.uint32)
+    return words if size == 8 else words[..., 0]
+  raise TypeError(f"Cannot digest dtype {x.dtype}.")
+
+
+def _host_sums(words: np.ndarray, starts: tuple[int, ...],
+               global_shape: tuple[int, ...]) -> np.ndarray:
+  """The two uint32 hash sums over `words`, a block of a word array of
+  `global_shape` whose first element sits at `starts`."""
+  c1, c2, c3, c4, c5 = _MULTIPLIERS
+  strides = [int(np.prod(global_shape[a + 1:])) & 0xFFFFFFFF
+             for a in range(len(global_shape))]
+  # Index of every element of one leading-axis row (all axes but the first).
+  tail = np.zeros(words.shape[1:], np.uint32)
+  for axis in range(1, words.ndim):
+    shape = [1] * (words.ndim - 1)
+    shape[axis - 1] = -1
+    tail = tail + ((np.arange(words.shape[axis], dtype=np.uint64) + starts[axis])
+                   * strides[axis] & 0xFFFFFFFF).astype(np.uint32).reshape(shape)
+  if words.ndim == 0:
+    words, tail, strides, starts = words.reshape(1), tail, [0], (0,)
+  rows = max(1, _CHUNK // max(1, tail.size))
+  sums = np.zeros(2, np.uint32)
+  with np.errstate(over="ignore"):
+    for r in range(0, words.shape[0], rows):
+      w = words[r:r + rows]
+      lead = ((np.arange(r, r + w.shape[0], dtype=np.uint64) + starts[0])
+              * strides[0] & 0xFFFFFFFF).astype(np.uint32)
+      key = lead.reshape((-1,) + (1,) * (w.ndim - 1)) + tail
+      key *= c1
+      h = w ^ key
+      h *= c2
+      h ^= h >> _U(15)
+      h *= c3
+      sums[0] += h.sum(dtype=np.uint32)
+      np.add(w, key, out=h)
+      h *= c4
+      h ^= h >> _U(13)
+      h *= c5
+      sums[1] += h.sum(dtype=np.uint32)
+  return sums
+
+
+def host_checks(views: HostViews) -> dict[str, tuple[bool, str]]:
+  """`check_leaves` computed in numpy over this process's `host_views`.
+
+  Equal to `check_leaves` for fully addressable arrays; with several
+  processes each holds partial sums of its own shards only.
+  """
+  out = {}
+  for name, (shape, dtype, shards) in views.items():
+    finite, sums = True, np.zeros(2, np.uint32)
+    for index, data in shards:
+      if np.issubdtype(dtype, np.inexact) or dtype == jnp.bfloat16:
+        finite = finite and bool(np.isfinite(data).all())
+      words = _host_words(data)
+      word_shape = shape + words.shape[len(shape):]
+      starts = tuple(s.indices(n)[0] for s, n in zip(index, shape))
+      starts += (0,) * (words.ndim - len(starts))
+      with np.errstate(over="ignore"):
+        sums += _host_sums(words, starts, word_shape)
+    out[name] = (finite, f"{int(sums[0]):08x}{int(sums[1]):08x}")
+  return out
 
 
 def json_digest(obj: Any) -> str:

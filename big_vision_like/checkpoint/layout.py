@@ -13,7 +13,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orbax.checkpoint as ocp
@@ -50,6 +53,26 @@ def committed_steps(directory: epath.PathLike) -> list[int]:
                 if (directory / str(s) / COMMIT_MARKER).exists())
 
 
+class _JsonHandler(ocp.JsonCheckpointHandler):
+  """orbax's JSON handler that also takes a value still being computed."""
+
+  async def _save_fn(self, x, directory):
+    if isinstance(x, Callable):  # PendingJsonSave: compute it off the loop.
+      x = await asyncio.to_thread(x)
+    await super()._save_fn(x, directory)
+
+
+@ocp.args.register_with_handler(_JsonHandler, for_save=True)
+@dataclasses.dataclass
+class PendingJsonSave(ocp.args.CheckpointArgs):
+  """Saves `item()`, called in orbax's background thread before the commit.
+
+  An exception from `item` fails the save: the step is never committed, and
+  the error is raised by the checkpointer's next `wait` or `save`.
+  """
+  item: Callable[[], dict]  # Named as JsonSave's field, which the handler reads.
+
+
 def handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
   """Orbax handlers for the four items, by item name and argument type."""
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
@@ -60,9 +83,11 @@ def handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
   # same on-disk format as StandardSave writes.
   registry.add(STATE, ocp.args.PyTreeRestore, ocp.PyTreeCheckpointHandler())
   for item in JSON_ITEMS:
-    handler = ocp.JsonCheckpointHandler(filename=f"{item}.json")
+    handler = _JsonHandler(filename=f"{item}.json")
     registry.add(item, ocp.args.JsonSave, handler)
     registry.add(item, ocp.args.JsonRestore, handler)
+    if item == INTEGRITY:
+      registry.add(item, PendingJsonSave, handler)
   return registry
 
 

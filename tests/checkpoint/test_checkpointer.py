@@ -115,8 +115,12 @@ def test_bad_retention_settings_are_config_errors(tmp_path, kwargs):
     checkpoint.Checkpointer(str(tmp_path), **kwargs)
 
 
-def test_non_finite_state_is_refused_and_nothing_is_written(tmp_path):
-  ckpt = checkpoint.Checkpointer(str(tmp_path))
+@pytest.mark.parametrize("async_save", [True, False])
+def test_non_finite_state_is_refused_and_nothing_is_written(tmp_path,
+                                                            async_save):
+  # Asynchronous saves on CPU check in orbax's background thread: the error
+  # comes from `wait` (or the next save), and the step is never committed.
+  ckpt = checkpoint.Checkpointer(str(tmp_path), async_save=async_save)
   save(ckpt, 1)
   state = make_state(2)
   bad = state.replace(params={**state.params, "w": state.params["w"].at[3, 4]
@@ -126,14 +130,20 @@ def test_non_finite_state_is_refused_and_nothing_is_written(tmp_path):
                           if jnp.issubdtype(x.dtype, jnp.floating) else x,
                           state.opt_state))
   with pytest.raises(checkpoint.NonFiniteStateError,
-                     match=r"step 2.*params/w.*Nothing was written") as e:
+                     match=r"step 2.*params/w.*Nothing was committed") as e:
     save(ckpt, 2, bad)
+    ckpt.wait()
   assert "opt_state/0/mu/w" in e.value.leaves
   assert "opt_state/0/count" not in e.value.leaves  # int: always finite.
   ckpt.wait()
   assert ckpt.all_steps() == [1]
-  assert not any(p.name.startswith("2") for p in tmp_path.iterdir())
+  assert not (tmp_path / "2").exists()  # At most orbax's uncommitted tmp dir.
+  save(ckpt, 2)  # The checkpointer goes on working, even at that step.
+  ckpt.wait()
+  assert ckpt.all_steps() == [1, 2]
   ckpt.close()
+  checkpoint.Checkpointer(str(tmp_path)).close()  # Removes orbax's tmp dirs.
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2"]
 
 
 def test_saving_a_saved_step_is_skipped_and_an_older_one_needs_force(
@@ -188,6 +198,10 @@ ckpt.close()
 # Save a state sharded over the 8 devices for the parent to read on 1 device.
 ckpt = checkpoint.Checkpointer(sys.argv[2])
 doubled = jax.tree.map(lambda x: x * 2, state)
+# Background saves digest host views of the shards (replica 0 of each).
+from big_vision_like.checkpoint import integrity
+assert (integrity.host_checks(integrity.host_views(doubled))
+        == integrity.check_leaves(doubled))
 ckpt.save(8, doubled, data_state={"index": 8},
           metadata={"mesh": dict(mesh.shape)})
 ckpt.close()

@@ -44,6 +44,28 @@ def test_digest_matches_a_direct_numpy_implementation(dtype, shape):
   assert got == (True, numpy_digest(x))
 
 
+@pytest.mark.parametrize("dtype, shape", [
+    (np.float32, (33, 17)), (ml_dtypes.bfloat16, (5, 4, 3)),
+    (np.float16, (9,)), (np.int32, (4, 4)), (np.uint8, (7, 3)),
+    (np.bool_, (11,)), (np.float32, ()), (np.complex64, (3, 5)),
+    (np.float32, (70_000,)), (np.float32, (300, 7, 5)),
+])
+def test_host_checks_equal_the_device_checks(dtype, shape, monkeypatch):
+  # Small chunks so that big leaves are hashed over several numpy passes.
+  monkeypatch.setattr(integrity, "_CHUNK", 1000)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=shape) * 50
+  if dtype == np.complex64:
+    x = x + 1j * rng.normal(size=shape)
+  x = jnp.asarray(x.astype(dtype))
+  named = {"x": x, "nan": x.astype(jnp.float32).at[()].set(jnp.nan)
+           if not shape else jnp.where(jnp.arange(shape[-1]) == 1, jnp.inf,
+                                       x.astype(jnp.float32))}
+  got = integrity.host_checks(integrity.host_views(named))
+  assert got == integrity.check_leaves(named)
+  assert got["x"][0] and not got["nan"][0]
+
+
 def test_any_single_bit_flip_or_swap_changes_the_digest():
   rng = np.random.default_rng(1)
   x = rng.normal(size=(64, 48)).astype(np.float32)

@@ -89,14 +89,15 @@ def test_restored_non_finite_leaf_counts_as_corrupt(tmp_path, caplog,
   ckpt = checkpoint.Checkpointer(str(tmp_path))
   save(ckpt, 1)
   # Write a NaN state past the save-time check, as a buggy writer would.
-  real = integrity.check_leaves
-  monkeypatch.setattr(integrity, "check_leaves", lambda named: {
-      n: (True, d) for n, (_, d) in real(named).items()})
+  # (Both implementations of the checks: device and background host.)
+  for name in ("check_leaves", "host_checks"):
+    monkeypatch.setattr(integrity, name, lambda x, real=getattr(
+        integrity, name): {n: (True, d) for n, (_, d) in real(x).items()})
   bad = make_state(2).replace(params={**make_state(2).params,
                                       "w": jnp.full((128, 128), jnp.nan)})
   save(ckpt, 2, bad)
   ckpt.wait()
-  monkeypatch.setattr(integrity, "check_leaves", real)
+  monkeypatch.undo()
   assert ckpt.restore(abstract(make_state()))[0] == 1
   assert "leaf 'params/w' has non-finite values" in caplog.text
   ckpt.close()
