@@ -101,9 +101,10 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
     train_iter.start()
     with sharding.use_mesh(env.mesh, env.rules):
       t = time.perf_counter()
-      step_fn = setup.compile_train_step(objective, tx, lr_fn, step_rng,
-                                         abstract_state, shardings,
-                                         batch_spec, env)
+      step_fn = setup.compile_train_step(
+          objective, tx, lr_fn, step_rng, abstract_state, shardings,
+          batch_spec, env, setup.microbatches(config, objective,
+                                              env.data_sharding))
       compile_s = time.perf_counter() - t
       t = time.perf_counter()
       minimal = jax.jit(

@@ -51,6 +51,9 @@ def defaults() -> "ml_collections.ConfigDict":
       num_threads=2,         # Threads preprocessing batches.
       prefetch=2,            # Batches preprocessed ahead.
       prefetch_to_device=2)  # Batches copied to the devices ahead (0: none).
+  # Forward and backward over slices of this many examples, gradients summed
+  # in one step: less activation memory, the same update (None: one pass).
+  c.microbatch_size = None
   c.mock_examples = 0        # >0: smoke mode on mock data of the real spec.
   c.model_name = None        # A key of big_vision_like.models.MODELS.
   c.model = {}

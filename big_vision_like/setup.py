@@ -99,7 +99,8 @@ def validate(config: ml_collections.ConfigDict) -> objectives.Objective:
   objective = build_objective(config)
   optim.validate(config.optim, config.schedule, config.total_steps)
   mesh = sharding.make_mesh(config.mesh, config.dcn_mesh)
-  sharding.rules_preset(config.sharding.preset)
+  rules = sharding.rules_preset(config.sharding.preset)
+  microbatches(config, objective, sharding.data_sharding(mesh, rules))
   sharding.check_overrides(config.sharding.overrides, mesh)
   sources.check_config(config.input.data)
   preprocess.validate(config.input.pp)
@@ -109,6 +110,40 @@ def validate(config: ml_collections.ConfigDict) -> objectives.Objective:
     cls, parsed = evaluators.parse(name, ev)
     evaluators.predict_fns(name, cls, parsed, objective)
   return objective
+
+
+def microbatches(config: ml_collections.ConfigDict,
+                 objective: objectives.Objective,
+                 data_sharding: jax.sharding.Sharding) -> int:
+  """How many micro-batches `config.microbatch_size` cuts a batch into.
+
+  Raises:
+    ConfigError: the size does not divide the batch, leaves some device
+      without examples of every micro-batch, or the objective's loss does not
+      split over micro-batches.
+  """
+  size, batch_size = config.microbatch_size, config.input.batch_size
+  if size is None or size == batch_size:
+    return 1
+  where = f"config.microbatch_size={size!r}"
+  if isinstance(size, bool) or not isinstance(size, int) or size < 1 or (
+      batch_size % size):
+    raise checks.ConfigError(
+        f"{where}: it must be None or an integer >= 1 that divides "
+        f"config.input.batch_size={batch_size}.")
+  shards = batch_size // data_sharding.shard_shape((batch_size,))[0]
+  if size % shards:
+    raise checks.ConfigError(
+        f"{where}: the batch is split over {shards} devices, so each "
+        f"micro-batch must be a multiple of {shards}. Pick a multiple of "
+        f"{shards} that divides {batch_size}.")
+  if not objective.splits_over_microbatches:
+    raise checks.ConfigError(
+        f"{where}: the {config.objective.name!r} objective's loss couples the "
+        "examples of a batch (e.g. contrastive negatives), so micro-batches "
+        "would change it. Remove microbatch_size (or shard the model, or "
+        "use remat) to save memory.")
+  return batch_size // size
 
 
 def build_objective(config: ml_collections.ConfigDict
@@ -212,15 +247,17 @@ def compile_train_step(objective: objectives.Objective,
                        lr_fn: Callable[[jax.Array], jax.Array],
                        step_rng: jax.Array, abstract_state: PyTree,
                        state_shardings: PyTree, batch_spec: BatchSpec,
-                       env: Env) -> Any:
+                       env: Env, microbatches: int = 1) -> Any:
   """The train step, jitted with explicit shardings and donated state, and
   compiled for `abstract_state` and `batch_spec` (call it under
-  `sharding.use_mesh(env.mesh, env.rules)`)."""
+  `sharding.use_mesh(env.mesh, env.rules)`); `microbatches` from
+  `setup.microbatches`."""
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
                                             sharding=env.data_sharding)
                     for k, v in batch_spec.items()}
   return jax.jit(
-      state_lib.make_train_step(objective.loss, tx, lr_fn, step_rng),
+      state_lib.make_train_step(objective.loss, tx, lr_fn, step_rng,
+                                microbatches),
       in_shardings=(state_shardings, env.data_sharding),
       out_shardings=(state_shardings, sharding.replicated(env.mesh)),
       donate_argnums=(0,)).lower(abstract_state, abstract_batch).compile()

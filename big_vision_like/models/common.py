@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from big_vision_like import config as config_lib
@@ -39,6 +40,35 @@ DTYPES = {
 def compute_dtype(name: str) -> jnp.dtype:
   """Maps a config dtype name ("float32", "bfloat16", ...) to a jnp dtype."""
   return config_lib.lookup(DTYPES, name, "model dtype")
+
+
+# Rematerialisation (jax.checkpoint) policies a model's `remat_policy` may
+# name: what each block keeps for the backward pass; the rest is recomputed.
+# "none" keeps everything (no remat).
+REMAT_POLICIES = {
+    "none": None,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable":
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat(block_cls: type[nn.Module], policy: str, where: str,
+          in_scan: bool = False, **kwargs) -> type[nn.Module]:
+  """`block_cls` under `nn.remat` with the named policy ("none": as is).
+
+  `in_scan`: the block runs inside `nn.scan`, where XLA cannot merge the
+  recomputation with the forward pass, so jax need not prevent that (cheaper
+  code); outside a scan it must, or remat saves nothing. `kwargs` go to
+  nn.remat (e.g. static_argnums). Raises ConfigError naming the valid
+  policies for an unknown one.
+  """
+  fn = config_lib.lookup(REMAT_POLICIES, policy, f"{where} remat_policy")
+  if fn is None:
+    return block_cls
+  return nn.remat(block_cls, prevent_cse=not in_scan, policy=fn, **kwargs)
 
 
 class _Partitioned(nn.LogicallyPartitioned):

@@ -152,12 +152,14 @@ class BiTStage(nn.Module):
   nmid: int
   first_stride: int = 1
   dtype: Any = jnp.float32
+  remat_policy: str = "none"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
+    unit_cls = common.remat(BiTUnit, self.remat_policy, "BiT")
     for j in range(self.units):
-      x = BiTUnit(self.nmid, self.first_stride if j == 0 else 1, self.dtype,
-                  name=f"unit{j + 1:02d}")(x)
+      x = unit_cls(self.nmid, self.first_stride if j == 0 else 1, self.dtype,
+                   name=f"unit{j + 1:02d}")(x)
     return x
 
 
@@ -170,16 +172,20 @@ class BiT(nn.Module):
     width: channel multiplier (the "x1", "x3" of R50x3).
     head_zeroinit: initialise the head kernel to zeros.
     dtype: compute dtype name; parameters and logits stay float32.
+    remat_policy: what each unit keeps for the backward pass (see
+      `common.REMAT_POLICIES`); "none" keeps everything.
   """
   num_classes: int = 0
   depth: int = 50
   width: float = 1
   head_zeroinit: bool = True
   dtype: str = "float32"
+  remat_policy: str = "none"
 
   def __post_init__(self):
     _check_depth(self.depth, BIT_STAGES, "BiT")
     common.compute_dtype(self.dtype)
+    common.remat(BiTUnit, self.remat_policy, "BiT")
     super().__post_init__()
 
   @nn.compact
@@ -199,7 +205,7 @@ class BiT(nn.Module):
     for s, units in enumerate(BIT_STAGES[self.depth]):
       x = out[f"stage{s + 1}"] = BiTStage(
           units, width * 2**s, first_stride=1 if s == 0 else 2, dtype=dtype,
-          name=f"block{s + 1}")(x)
+          remat_policy=self.remat_policy, name=f"block{s + 1}")(x)
 
     x = nn.relu(GroupNorm(dtype=dtype, name="norm-pre-head")(x))
     x = out["pre_logits_2d"] = x.astype(jnp.float32)
@@ -278,16 +284,20 @@ class ResNet(nn.Module):
       default; Goyal et al. 2017), so every unit starts as the identity.
     head_zeroinit: initialise the head kernel to zeros.
     dtype: compute dtype name; parameters and logits stay float32.
+    remat_policy: what each unit keeps for the backward pass (see
+      `common.REMAT_POLICIES`); "none" keeps everything.
   """
   num_classes: int = 0
   depth: int = 50
   zero_init_last: bool = True
   head_zeroinit: bool = True
   dtype: str = "float32"
+  remat_policy: str = "none"
 
   def __post_init__(self):
     _check_depth(self.depth, RESNET_STAGES, "ResNet")
     common.compute_dtype(self.dtype)
+    common.remat(ResNetBlock, self.remat_policy, "ResNet")
     super().__post_init__()
 
   @nn.compact
@@ -308,9 +318,10 @@ class ResNet(nn.Module):
     x = nn.relu(_batch_norm(train, dtype, "bn1")(x))
     x = out["stem"] = nn.max_pool(x, (3, 3), strides=(2, 2),
                                   padding=((1, 1), (1, 1)))
+    block_cls = common.remat(ResNetBlock, self.remat_policy, "ResNet")
     for s, units in enumerate(stages):
       for j in range(units):
-        x = ResNetBlock(
+        x = block_cls(
             64 * 2**s, strides=2 if s > 0 and j == 0 else 1,
             bottleneck=bottleneck, zero_init_last=self.zero_init_last,
             train=train, dtype=dtype, name=f"layer{s + 1}_{j}")(x)

@@ -42,14 +42,7 @@ VARIANTS = {
 POSEMB_TYPES = ("learn", "sincos2d")
 POOL_TYPES = ("gap", "tok", "map", "none")
 # Rematerialisation policies for scanned blocks; "none" turns remat off.
-REMAT_POLICIES = {
-    "none": None,
-    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
-    "everything_saveable": jax.checkpoint_policies.everything_saveable,
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable":
-        jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
+REMAT_POLICIES = common.REMAT_POLICIES
 _ACTIVATION = ("batch", "length", "embed")
 
 

@@ -35,6 +35,9 @@ class Objective(Protocol):
 
   model: nn.Module
   input_keys: Sequence[str]
+  # Whether the mean of the loss over micro-batches is the batch's loss (and
+  # so `config.microbatch_size` may split a step's batch).
+  splits_over_microbatches: bool
 
   def init(self, rng: jax.Array,
            batch_spec: Mapping[str, jax.ShapeDtypeStruct]) -> PyTree:

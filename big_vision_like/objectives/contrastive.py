@@ -72,6 +72,9 @@ class Contrastive:
   """
 
   input_keys = ("image", "text")
+  # Every example's loss depends on the whole batch (its negatives): a sum
+  # over micro-batches is another loss, so `config.microbatch_size` is refused.
+  splits_over_microbatches = False
 
   def __init__(self, model: nn.Module, /, *, loss: str = "softmax",
                temperature_init: float | None = None,

@@ -86,6 +86,7 @@ class Supervised:
   """
 
   input_keys = ("image", "labels")
+  splits_over_microbatches = True  # A mean over examples.
 
   def __init__(self, model: nn.Module, /, *, loss: str = "softmax_xent",
                focal_gamma: float = 2.0,

@@ -14,7 +14,7 @@ applied on every k-th (optax.MultiSteps, zero updates in between).
 Example config (`config.optim`, `config.schedule`):
 
   optim = dict(name="adamw", lr=1e-3, wd=1e-4, b2=0.95, mu_dtype="bfloat16",
-               grad_clip_norm=1.0, frozen=["embedding/.*"])
+               nu_dtype=None, grad_clip_norm=1.0, frozen=["embedding/.*"])
   schedule = dict(warmup_steps=10_000, decay_type="cosine")
 """
 

@@ -52,17 +52,63 @@ def _all_finite(tree: PyTree) -> jax.Array:
   return finite
 
 
+def accumulate_grads(loss_fn: Callable[..., Any], microbatches: int
+                     ) -> Callable[..., Any]:
+  """`value_and_grad(loss_fn, has_aux=True)`, over `microbatches` slices.
+
+  With k > 1 micro-batches the batch is cut into k slices of B / k examples
+  and `lax.scan` computes one slice's forward and backward at a time, so the
+  activations held for the backward pass are those of B / k examples; the
+  loss, metrics and gradients are the means over the slices (for a loss that
+  is a mean over examples: the whole batch's), and non-parameter state (e.g.
+  batch_stats) is updated slice after slice. Slice j holds examples j, j+k,
+  j+2k, ...: each device's share of the batch gives B / k / devices examples
+  to every slice, so the slices stay sharded like the batch. Slice j draws
+  its randomness from `fold_in(rng, j)`.
+  """
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if microbatches == 1:
+    return grad_fn
+  k = microbatches
+
+  def slices(x: jax.Array) -> jax.Array:  # (B, ...) -> (k, B / k, ...)
+    return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
+
+  def accumulated(params, model_state, batch, rng):
+    def body(carry, xs):
+      sums, model_state = carry
+      j, micro = xs
+      (loss, (metrics, model_state)), grads = grad_fn(
+          params, model_state, micro, jax.random.fold_in(rng, j))
+      sums = jax.tree.map(jnp.add, sums, (loss, metrics, grads))
+      return (sums, model_state), None
+
+    micro_spec = jax.tree.map(lambda x: x[0], jax.tree.map(slices, batch))
+    (loss, (metrics, _)), grads = jax.eval_shape(
+        grad_fn, params, model_state, micro_spec, rng)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                         (loss, metrics, grads))
+    (sums, model_state), _ = jax.lax.scan(
+        body, (zeros, model_state),
+        (jnp.arange(k), jax.tree.map(slices, batch)))
+    loss, metrics, grads = jax.tree.map(lambda x: x / k, sums)
+    return (loss, (metrics, model_state)), grads
+
+  return accumulated
+
+
 def make_train_step(loss_fn: Callable[..., Any],
                     tx: optax.GradientTransformation,
                     lr_fn: Callable[[jax.Array], jax.Array],
-                    base_rng: jax.Array
+                    base_rng: jax.Array, microbatches: int = 1,
                     ) -> Callable[[TrainState, PyTree],
                                   tuple[TrainState, dict]]:
   """Returns `step(state, batch) -> (state, metrics)`, pure and jit-able.
 
   `loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))`.
   The step's randomness is `fold_in(base_rng, state.step)`, so a resumed run
-  draws the same numbers as an uninterrupted one.
+  draws the same numbers as an uninterrupted one. `microbatches`: see
+  `accumulate_grads`.
 
   Non-finite steps: the update is kept only if the loss, the gradient norm
   and every leaf of the new params, optimizer state and model state are
@@ -73,7 +119,7 @@ def make_train_step(loss_fn: Callable[..., Any],
 
   def step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(base_rng, state.step)
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    grad_fn = accumulate_grads(loss_fn, microbatches)
     (loss, (metrics, model_state)), grads = grad_fn(
         state.params, state.model_state, batch, rng)
     # In float32: the squares of float16 gradients overflow too early.

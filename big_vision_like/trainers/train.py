@@ -191,7 +191,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     t = time.perf_counter()
     train_step = setup.compile_train_step(
         objective, tx, lr_fn, step_rng, abstract_state, state_shardings,
-        batch_spec, env)
+        batch_spec, env, setup.microbatches(config, objective,
+                                            env.data_sharding))
     log.info("Compiled the train step in %.1f s.", time.perf_counter() - t)
 
     # --------------------------------------------------------------- evaluators

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from big_vision_like import optim
+from big_vision_like.checks import ConfigError
 
 CONSTANT = {"decay_type": "constant"}
 
@@ -178,3 +179,27 @@ def test_adafactor_keeps_bfloat16_momentum_by_default_like_big_vision():
   dtypes = {x.dtype for x in jax.tree.leaves(tx.init(params))
             if np.ndim(x) >= 1}
   assert jnp.dtype("bfloat16") in dtypes
+
+
+def test_adamw_bfloat16_moments_store_both_and_follow_float32():
+  params = _params()
+  abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype),
+                          params)
+  runs = {}
+  for dtype in ("bfloat16", None):
+    tx, _ = optim.make({"name": "adamw", "lr": 0.01, "mu_dtype": dtype,
+                        "nu_dtype": dtype}, CONSTANT, abstract, 10)
+    runs[dtype] = _run(tx, params, _grads(5))
+  _, state = runs["bfloat16"]
+  [inner] = [s for s in jax.tree.leaves(
+      state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+             if isinstance(s, optax.ScaleByAdamState)]
+  assert {x.dtype for x in jax.tree.leaves((inner.mu, inner.nu))} == {
+      jnp.dtype("bfloat16")}
+  assert inner.count.dtype == jnp.int32
+  # Five steps: parameters within bfloat16 rounding of the float32 run.
+  _assert_trees_close(runs["bfloat16"][0], runs[None][0], rtol=2e-3,
+                      atol=1e-5)
+  with pytest.raises(ConfigError, match="optim.nu_dtype"):
+    optim.make({"name": "adamw", "lr": 0.01, "nu_dtype": "int8"}, CONSTANT,
+               abstract, 10)
