@@ -168,7 +168,7 @@ class ImageTextFiles(Sequence[dict[str, Any]]):
     text_keys = [text_key] if isinstance(text_key, str) else list(text_key)
     for key in text_keys:
       _check_field(rows, key, "text_key", path)
-    self._num = _num_captions(num_captions, text_key)
+    self._num = self.num_captions = _num_captions(num_captions, text_key)
     if self._num is None:
       texts = [str(r[text_key]) for r in rows]
     else:
@@ -292,7 +292,7 @@ class WebDataset(Sequence[dict[str, Any]]):
     self._text_exts = [text_ext] if isinstance(text_ext, str) else list(
         text_ext)
     self._json_key = json_key
-    self._num = _num_captions(num_captions, text_ext)
+    self._num = self.num_captions = _num_captions(num_captions, text_ext)
     if self._num is None and json_key:
       raise checks.ConfigError(
           "data.json_key gives a list of captions: set data.num_captions "

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from big_vision_like.config import ConfigError
+from input_pipeline import convert
 from input_pipeline import image_text
 from input_pipeline import pipeline
 from input_pipeline import preprocess
@@ -167,3 +168,21 @@ def test_resumed_train_iterator_draws_the_same_captions(tmp_path):
   drawn = {text.detokenize(t) for b in batches for t in b["text"]}
   assert len(drawn) > 8  # Different captions over the epochs.
   assert all(int(c.split()[1]) % 3 >= int(c.split()[3]) for c in drawn)
+
+
+def test_several_captions_convert_to_a_tfds_dataset_and_read_back(tmp_path):
+  _image_dir(tmp_path, 3)
+  rows = [{"image": f"{i}.jpg", "a": f"first {i}", "b": "" if i == 1 else
+           f"second {i}"} for i in range(3)]
+  files.write_captions(tmp_path / "c.csv", rows, "csv")
+  assert convert.main(["--kind", "image_text", "--path",
+                       str(tmp_path / "c.csv"), "--name", "multi_caps",
+                       "--data_dir", str(tmp_path / "tfds"), "--text_key",
+                       "a", "b"]) == 0
+  source = sources.get_source("multi_caps", "train", str(tmp_path / "tfds"))
+  got = {}
+  for i in range(len(source)):
+    texts = [t.decode() for t in _texts(source[i])]
+    got[texts[0]] = texts
+  assert got == {"first 0": ["first 0", "second 0"], "first 1": ["first 1"],
+                 "first 2": ["first 2", "second 2"]}
