@@ -89,8 +89,10 @@ def _check_loop_keys(config: ml_collections.ConfigDict) -> None:
 def validate(config: ml_collections.ConfigDict) -> objectives.Objective:
   """Checks every section of a resolved config in seconds: the loop keys,
   model, objective, optim, schedule, mesh and sharding, input data and pp,
-  init_from, and each evaluator's fields, data and pp. Opens no data,
-  compiles nothing.
+  init_from, each evaluator's fields, data and pp, and a text tower against
+  the tokenizations it is fed (`text_pp.check_tower`: "last" pooling needs
+  sticky EOS padding; the vocabulary must hold the tokenizer's ids). Opens
+  no data, compiles nothing.
 
   Returns:
     The objective (with its model), built on the way.

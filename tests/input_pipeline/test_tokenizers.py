@@ -12,6 +12,8 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from big_vision_like.config import ConfigError
+from input_pipeline import pipeline
+from input_pipeline import preprocess
 from input_pipeline import tokenizers
 from input_pipeline.ops import text
 from tests.input_pipeline import test_image_text as files
@@ -144,3 +146,20 @@ def test_tokenizer_errors_name_the_fix(tmp_path, spm_model):
   with pytest.raises(ConfigError, match="lower --vocab_size"):
     tokenizers.main(["train", f"--input={tmp_path / 'few.txt'}",
                      "--vocab_size=500", f"--model_prefix={tmp_path / 'f'}"])
+
+
+def test_sentencepiece_tokenizes_inside_the_threaded_input_pipeline(
+    spm_model):
+  captions = _captions(12, seed=9)
+  source = [{"text": c, "id": np.int64(i)} for i, c in enumerate(captions)]
+  pp = preprocess.build(f'tokenize(10, tokenizer="sentencepiece", '
+                        f'model="{spm_model}", eos="sticky", '
+                        'pad_value="eos")')
+  sp = spm.SentencePieceProcessor(model_file=spm_model)
+  batches = pipeline.make_eval_iterator(source, pp, global_batch_size=4,
+                                        process_index=0, process_count=1,
+                                        num_threads=2, drop_keys=("text",))
+  for batch in batches:
+    for i, tokens in zip(batch["id"], batch["text_tokens"]):
+      ids = sp.encode(captions[i])[:9] + [1]
+      assert tokens.tolist() == (ids + [1] * 10)[:10]
