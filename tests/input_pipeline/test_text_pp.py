@@ -7,9 +7,11 @@ from __future__ import annotations
 import shutil
 
 import jax
+import jax.numpy as jnp
 import pytest
 import tensorflow as tf
 
+from big_vision_like import checkpoint
 from big_vision_like import config as config_lib
 from big_vision_like import setup
 from big_vision_like.config import ConfigError
@@ -98,3 +100,23 @@ def test_checkpoint_metadata_holds_the_tokenizer_spec():
   mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
   assert resume.metadata(config, mesh)["tokenizer"] == text_pp.spec(
       clip_demo.PP_TRAIN)
+
+
+def test_resuming_with_a_retrained_tokenizer_model_is_refused(
+    tmp_path, spm_model):
+  shutil.copy(spm_model, tmp_path / "m.model")
+  config = _demo(vocab_size=32)
+  config.input.pp = config.input.pp.replace(
+      'eos="sticky"', f'eos="sticky", tokenizer="sentencepiece", '
+      f'model="{tmp_path}/m.model"')
+  mesh = jax.sharding.Mesh(jax.devices()[:1], ("data",))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpts"))
+  ckpt.save(1, {"w": jnp.zeros(2)}, data_state={},
+            metadata=resume.metadata(config, mesh))
+  ckpt.wait()
+  ckpt.close()
+  resume.check_relaunch(config, str(tmp_path / "ckpts"))  # Same model: ok.
+  tokenizers.train(test_tokenizers._captions(400, seed=1), vocab_size=32,
+                   model_prefix=str(tmp_path / "m"))
+  with pytest.raises(ConfigError, match="model_sha256"):
+    resume.check_relaunch(config, str(tmp_path / "ckpts"))
