@@ -218,7 +218,7 @@ def captions_of_source(source: Sequence[Mapping[str, Any]], text_key: str,
   for i in range(n):
     record = source[i]
     texts = _texts_of(_lookup_path(record, text_key))
-    mask = record.get(f"{text_key}_mask") if isinstance(record, Mapping) else None
+    mask = record.get(f"{text_key}_mask")
     if mask is not None:
       texts = [t for t, m in zip(texts, np.asarray(mask).reshape(-1)) if m]
     yield from (t for t in texts if t)
@@ -252,8 +252,9 @@ def train(captions: Iterable[str], *, vocab_size: int, model_prefix: str,
         minloglevel=2)
   except RuntimeError as e:
     raise checks.ConfigError(
-        f"SentencePiece training failed: {str(e).rstrip('.')}. With little text, lower "
-        "--vocab_size (the error names the most it allows).") from e
+        f"SentencePiece training failed: {str(e).rstrip('.')}. With little "
+        "text, lower --vocab_size (the error names the most it allows)."
+    ) from e
   return f"{model_prefix}.model"
 
 

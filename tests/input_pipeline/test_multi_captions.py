@@ -93,10 +93,11 @@ class NestedCaptions(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+    features = tfds.features.FeaturesDict({
         "image": tfds.features.Image(shape=(4, 4, 1)),
         "captions": tfds.features.Sequence({
-            "text": tfds.features.Text(), "id": np.int64})}))
+            "text": tfds.features.Text(), "id": np.int64})})
+    return tfds.core.DatasetInfo(builder=self, features=features)
 
   def _split_generators(self, dl_manager):
     del dl_manager
