@@ -18,6 +18,7 @@ from input_pipeline import image_text
 from input_pipeline import pipeline
 from input_pipeline import preprocess
 from input_pipeline import sources
+from input_pipeline import tokenizers
 from input_pipeline.ops import text
 from tests.input_pipeline import test_image_text as files
 
@@ -126,6 +127,10 @@ def test_tfds_nested_captions_are_padded_by_the_captions_op(tmp_path):
     want = [f"caption {i}.{j}" for j in range(i % 4)][:3]
     assert mask.tolist() == [j < len(want) for j in range(3)]
     assert [text.detokenize(t) for t, m in zip(tokens, mask) if m] == want
+  # What `python -m input_pipeline.tokenizers train --text_key=captions/text`
+  # trains on: every caption of every record.
+  assert sorted(tokenizers.captions_of_source(source, "captions/text")) == (
+      sorted(f"caption {i}.{j}" for i in range(6) for j in range(i % 4)))
 
 
 def test_sampling_draws_only_valid_captions_uniformly_from_the_seed():
