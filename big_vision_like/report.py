@@ -82,7 +82,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   sections = {}
   with mock:
     evals = {name: evaluators_lib.build(name, _as_report(config.evals[name]),
-                                        objective, env.data_sharding)
+                                        objective, env.data_sharding,
+                                        config.input.pp)
              for name in names}
     batch_spec = next(iter(evals.values())).batch_spec()
     step, params, model_state = setup.restore_variables(

@@ -32,6 +32,8 @@ from big_vision_like import models
 from big_vision_like import objectives
 from big_vision_like import optim
 from big_vision_like import sharding
+from big_vision_like.models import text as text_lib
+from big_vision_like.models import two_towers
 from big_vision_like.trainers import resume
 from big_vision_like.trainers import warm_start
 from big_vision_like.trainers import state as state_lib
@@ -39,6 +41,7 @@ from input_pipeline import pipeline
 from input_pipeline import prefetch
 from input_pipeline import preprocess
 from input_pipeline import sources
+from input_pipeline import text_pp
 
 PyTree = Any
 BatchSpec = Mapping[str, jax.ShapeDtypeStruct]
@@ -86,8 +89,10 @@ def _check_loop_keys(config: ml_collections.ConfigDict) -> None:
 def validate(config: ml_collections.ConfigDict) -> objectives.Objective:
   """Checks every section of a resolved config in seconds: the loop keys,
   model, objective, optim, schedule, mesh and sharding, input data and pp,
-  init_from, and each evaluator's fields, data and pp. Opens no data,
-  compiles nothing.
+  init_from, each evaluator's fields, data and pp, and a text tower against
+  the tokenizations it is fed (`text_pp.check_tower`: "last" pooling needs
+  sticky EOS padding; the vocabulary must hold the tokenizer's ids). Opens
+  no data, compiles nothing.
 
   Returns:
     The objective (with its model), built on the way.
@@ -106,9 +111,13 @@ def validate(config: ml_collections.ConfigDict) -> objectives.Objective:
   preprocess.validate(config.input.pp)
   if config.init_from:
     warm_start.check_init_from(config.init_from)  # Keys, format, path.
+  text_specs = {"config.input.pp": config.input.pp}
   for name, ev in config.evals.items():
-    cls, parsed = evaluators.parse(name, ev)
+    cls, parsed = evaluators.parse(name, ev, config.input.pp)
     evaluators.predict_fns(name, cls, parsed, objective)
+    if getattr(parsed, "pp_txt", None):
+      text_specs[f"config.evals.{name}.pp_txt"] = parsed.pp_txt
+  _check_text_tower(objective, text_specs)
   return objective
 
 
@@ -144,6 +153,20 @@ def microbatches(config: ml_collections.ConfigDict,
         "would change it. Remove microbatch_size (or shard the model, or "
         "use remat) to save memory.")
   return batch_size // size
+
+
+def _check_text_tower(objective: objectives.Objective,
+                      specs: Mapping[str, str]) -> None:
+  """The text tower's pooling and vocabulary against every tokenization the
+  run feeds it (`text_pp.check_tower`)."""
+  model = getattr(objective, "model", None)
+  if not isinstance(model, two_towers.TwoTowers):
+    return
+  cfg = model.text.to_dict() if hasattr(model.text, "to_dict") else dict(
+      model.text or {})
+  cfg.pop("num_classes", None)
+  tower = text_lib.TextTransformer(**cfg, parent=None)
+  text_pp.check_tower(tower.pool_type, tower.vocab_size, specs)
 
 
 def build_objective(config: ml_collections.ConfigDict

@@ -38,8 +38,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim = dict(name="adamw", lr=5e-4, wd=0.2, b2=0.98, grad_clip_norm=1.0,
                  mu_dtype="bfloat16")
   c.schedule = dict(warmup_steps=10_000, decay_type="cosine")
-  c.evals = common.image_text_evals(crop=crop, max_len=MAX_LEN,
-                                    batch_size=1024, every_steps=10_000,
+  c.evals = common.image_text_evals(crop=crop, batch_size=1024,
+                                    every_steps=10_000,
                                     runlocal=arg.runlocal)
   c.sharding = dict(preset="fsdp")
   c.mesh = [("data", -1), ("fsdp", 1)]

@@ -20,13 +20,13 @@ from configs import common
 from input_pipeline import digits_captions
 
 MAX_LEN = 32
-TOKENIZE = f'tokenize({MAX_LEN}, key="texts", eos="sticky"'
-# One caption drawn per record and step: the texts a step sees vary.
+# One of the record's captions drawn per example and step (from the data
+# seed and the example's position: a resumed run draws the same). The
+# evaluators tokenize their prompts and captions with this pp's text part.
 PP_TRAIN = ("decode|value_range(-1, 1)"
-            f'|{TOKENIZE}, key_result="text")|keep("image", "text")')
-PP_RETRIEVAL = ("decode|value_range(-1, 1)"
-                f'|{TOKENIZE}, key_result="texts", sample_if_multi=False)'
-                '|keep("image", "texts")')
+            f'|tokenize({MAX_LEN}, key="texts", key_result="text", '
+            'eos="sticky")|keep("image", "text")')
+PP_IMAGE = 'decode|value_range(-1, 1)|keep("image")'
 PP_ZERO_SHOT = 'decode|value_range(-1, 1)|keep("image", "label")'
 # SigLIP's initialisation (arXiv:2303.15343): t = 10, b = -10.
 BIAS_INIT = {"softmax": None, "sigmoid": -10.0, "sigmoid_chunked": -10.0}
@@ -55,9 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       zeroshot=dict(
           type="zero_shot", data=test, pp=PP_ZERO_SHOT, batch_size=360,
           classnames=list(digits_captions.CLASS_NAMES),
-          templates=list(digits_captions.HELD_OUT_TEMPLATES),
-          pp_txt=f'tokenize({MAX_LEN}, eos="sticky", key_result="text")'),
-      retrieval=dict(type="retrieval", data=test, pp=PP_RETRIEVAL,
+          templates=list(digits_captions.HELD_OUT_TEMPLATES)),
+      retrieval=dict(type="retrieval", data=test, pp=PP_IMAGE,
                      batch_size=360))
   c.log_every_steps = 50
   c.ckpt_every_steps = 300

@@ -100,16 +100,19 @@ CLIP_TEMPLATES = ("a photo of a {}.", "a blurry photo of a {}.",
 
 def image_text_pp(crop: int, max_len: int) -> str:
   """Train pp of LAION-style records {"image", "caption"}: the image resized
-  to crop x crop in [-1, 1], the lowercased caption as "text" tokens."""
+  to crop x crop in [-1, 1], the lowercased caption as "text" tokens with
+  sticky EOS padding (the last token is always EOS, as text towers pooling
+  "last" need; big_vision's SigLIP tokenization)."""
   return (f"decode|resize({crop})|value_range(-1, 1)"
           '|lower(key="caption")'
           f'|tokenize({max_len}, key="caption", key_result="text", '
-          'eos="sticky")|keep("image", "text")')
+          'eos="sticky", pad_value="eos")|keep("image", "text")')
 
 
-def image_text_evals(*, crop: int, max_len: int, batch_size: int,
-                     every_steps: int, runlocal: bool) -> dict[str, Any]:
-  """Zero-shot CIFAR-10 (CLIP prompts) and retrieval on held-out LAION."""
+def image_text_evals(*, crop: int, batch_size: int, every_steps: int,
+                     runlocal: bool) -> dict[str, Any]:
+  """Zero-shot CIFAR-10 (CLIP prompts) and retrieval on held-out LAION; both
+  tokenize text as the train pp does."""
   small = "[:16]" if runlocal else ""
   image = f"decode|resize({crop})|value_range(-1, 1)"
   return {
@@ -117,14 +120,11 @@ def image_text_evals(*, crop: int, max_len: int, batch_size: int,
           type="zero_shot", data=dict(name="cifar10", split="test" + small),
           pp=f'{image}|keep("image", "label")', batch_size=batch_size,
           every_steps=every_steps, classnames=list(CIFAR10_CLASSES),
-          templates=list(CLIP_TEMPLATES),
-          pp_txt=f'tokenize({max_len}, eos="sticky", key_result="text")'),
+          templates=list(CLIP_TEMPLATES)),
       "retrieval_laion": dict(
           type="retrieval",
           data=dict(name="laion400m/images",
                     split="train[-5000:]" if not runlocal else "train[:16]"),
-          pp=(f'{image}|lower(key="caption")|tokenize({max_len}, '
-              'key="caption", key_result="texts", eos="sticky")'
-              '|keep("image", "texts")'),
+          pp=f'{image}|keep("image")',
           batch_size=batch_size, every_steps=every_steps),
   }

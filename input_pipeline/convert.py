@@ -6,7 +6,8 @@
       --name my_ds --data_dir OUT [--images_dir DIR] [--image_key image] \\
       [--text_key caption]
   python -m input_pipeline.convert --kind webdataset --path '/data/*.tar' \\
-      --name my_ds --data_dir OUT
+      --name my_ds --data_dir OUT [--text_ext txt 1.txt] [--json_key k] \\
+      [--num_captions K]
 
 writes OUT/my_ds/<version>/ once, in ArrayRecord format (random access), and
 configs then read it with data=dict(name="my_ds", data_dir=OUT):
@@ -17,7 +18,8 @@ flags after --path are that kind's keyword arguments), so the dataset holds
 what training on the folder would read: an ImageFolder gives one split per
 split folder, or "train" and "val" (if val_fraction > 0); the other kinds
 give "train". Features: "image" (the original encoded bytes, not
-re-encoded) and "label" (ClassLabel with the class-folder names) or "text".
+re-encoded) and "label" (ClassLabel with the class-folder names) or "text"
+(or, with --num_captions K, "texts" [K] and "texts_mask" [K]).
 TFDS stores the examples in an order hashed from their record index, so
 slices like "train[:10%]" are random subsets.
 
@@ -38,6 +40,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -82,8 +85,12 @@ def _features(source: Any) -> tfds.features.FeaturesDict:
   features = {"image": tfds.features.Image(shape=(None, None, 3))}
   if isinstance(source, folder.ImageFolder):
     features["label"] = tfds.features.ClassLabel(names=source.classes)
-  else:
+  elif source.num_captions is None:
     features["text"] = tfds.features.Text()
+  else:  # Several captions a record, padded and masked.
+    k = source.num_captions
+    features["texts"] = tfds.features.Tensor(shape=(k,), dtype=np.str_)
+    features["texts_mask"] = tfds.features.Tensor(shape=(k,), dtype=np.bool_)
   return tfds.features.FeaturesDict(features)
 
 
@@ -193,8 +200,18 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--seed", type=int)
   parser.add_argument("--images_dir")
   parser.add_argument("--image_key")
-  parser.add_argument("--text_key")
-  return parser.parse_args(argv)
+  parser.add_argument("--text_key", nargs="+",
+                      help="One caption column/key, or several.")
+  parser.add_argument("--num_captions", type=int,
+                      help="Captions a record (padded, masked): 'texts'.")
+  parser.add_argument("--text_ext", nargs="+")
+  parser.add_argument("--json_key")
+  args = parser.parse_args(argv)
+  if args.text_key is not None and len(args.text_key) == 1:
+    args.text_key = args.text_key[0]
+  if args.text_ext is not None and len(args.text_ext) == 1:
+    args.text_ext = args.text_ext[0]
+  return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

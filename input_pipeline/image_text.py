@@ -1,18 +1,26 @@
 """Random-access image-text sources: caption files and WebDataset tar shards.
 
 Both yield {"image": encoded bytes, "text": str}, the keys the text ops
-(`lower`, `tokenize`) read by default.
+(`lower`, `tokenize`) read by default; or, with `num_captions=K`, several
+captions a record: {"image", "texts": K strings ("" for padding),
+"texts_mask": K bools (True: a real caption)}. A record's captions beyond K
+are dropped (the first K kept, with a warning), a record without any is
+skipped (with a warning).
 
 `ImageTextFiles` (kind "image_text") reads a CSV, TSV or JSONL file with one
 row per image: an image path (relative to `images_dir`, by default the
-caption file's folder) and a caption.
+caption file's folder) and a caption, or several: a list of caption columns
+(`text_key=["caption1", "caption2"]`) or a JSONL list field.
 
 `WebDataset` (kind "webdataset") reads uncompressed tar shards in
 img2dataset's output format: members `<key>.jpg` (or .jpeg/.png/.webp) and
 `<key>.txt`, optionally `<key>.json` and others (ignored), where a sample's
-key is its member path up to the first "." of the file name. At start-up one
-pass over the tar headers (seeking past the data) records every member's
-offset and size, so reading record i is one seek and read.
+key is its member path up to the first "." of the file name. Several
+captions come from several text members (`text_ext=["txt", "1.txt"]` for
+`<key>.txt`, `<key>.1.txt`) and/or a field of the JSON member
+(`json_key="captions"`, a string or a list). At start-up one pass over the
+tar headers (seeking past the data) records every member's offset and size,
+so reading record i is one seek and read per member.
 """
 
 from __future__ import annotations
@@ -72,11 +80,61 @@ def _check_field(rows: list[dict[str, Any]], key: str, flag: str,
       f"row: {', '.join(fields)}.")
 
 
+def _num_captions(num_captions: int | None,
+                  text_key: str | Sequence[str]) -> int | None:
+  if num_captions is None:
+    return None if isinstance(text_key, str) else len(text_key)
+  if isinstance(num_captions, bool) or not isinstance(num_captions, int) or (
+      num_captions < 1):
+    raise checks.ConfigError(
+        f"data.num_captions={num_captions!r}: it must be an integer >= 1 "
+        "(captions a record, padded and masked) or None (one caption).")
+  return num_captions
+
+
+def _as_captions(value: Any) -> list[str]:
+  """The non-empty captions of a field: a string, or a list of strings."""
+  if isinstance(value, bytes):
+    value = value.decode("utf-8", errors="replace")
+  values = [value] if isinstance(value, str) else list(value or [])
+  return [str(v) for v in values if str(v).strip()]
+
+
+def _keep_captioned(texts: list[list[str]], where: str, num: int
+                    ) -> list[int]:
+  """Indices of the records with a caption; warns about the others and
+  about records with more than `num` captions."""
+  keep = [i for i, t in enumerate(texts) if t]
+  if len(keep) < len(texts):
+    logging.warning("%s: skipped %d records without a caption.", where,
+                    len(texts) - len(keep))
+  over = sum(len(t) > num for t in texts)
+  if over:
+    logging.warning("%s: %d records have more than num_captions=%d "
+                    "captions; their first %d are used.", where, over, num,
+                    num)
+  if not keep:
+    raise checks.ConfigError(f"No record of {where} has a caption.")
+  return keep
+
+
+def padded_captions(texts: Sequence[str], num: int) -> dict[str, np.ndarray]:
+  """{"texts": [num] strings, "" padded, "texts_mask": [num] bool}."""
+  texts = list(texts)[:num]
+  out = np.full(num, "", dtype=object)
+  out[:len(texts)] = texts
+  mask = np.zeros(num, bool)
+  mask[:len(texts)] = True
+  return {"texts": out, "texts_mask": mask}
+
+
 class ImageTextFiles(Sequence[dict[str, Any]]):
   """Image files with captions from a CSV/TSV/JSONL file."""
 
   def __init__(self, path: str, images_dir: str | None = None,
-               image_key: str = "image", text_key: str = "caption"):
+               image_key: str = "image",
+               text_key: str | Sequence[str] = "caption",
+               num_captions: int | None = None):
     """Reads the caption file and checks that every image file exists.
 
     Args:
@@ -84,7 +142,10 @@ class ImageTextFiles(Sequence[dict[str, Any]]):
       images_dir: folder the image paths are relative to; None: the caption
         file's folder. Absolute image paths are used as they are.
       image_key: the column (CSV/TSV) or key (JSONL) of the image path.
-      text_key: the column or key of the caption.
+      text_key: the column or key of the caption (a JSONL key may hold a
+        list of captions), or a list of them (several captions).
+      num_captions: K, to give "texts" [K] and "texts_mask" [K]; None: one
+        caption as "text" (a list text_key: K = its length).
 
     Raises:
       ConfigError: missing files or folders, no rows, unknown columns.
@@ -104,9 +165,19 @@ class ImageTextFiles(Sequence[dict[str, Any]]):
     if not rows:
       raise checks.ConfigError(f"Caption file {path} has no rows.")
     _check_field(rows, image_key, "image_key", path)
-    _check_field(rows, text_key, "text_key", path)
+    text_keys = [text_key] if isinstance(text_key, str) else list(text_key)
+    for key in text_keys:
+      _check_field(rows, key, "text_key", path)
+    self._num = self.num_captions = _num_captions(num_captions, text_key)
+    if self._num is None:
+      texts = [str(r[text_key]) for r in rows]
+    else:
+      texts = [[c for key in text_keys for c in _as_captions(r[key])]
+               for r in rows]
+      keep = _keep_captioned(texts, path, self._num)
+      rows, texts = [rows[i] for i in keep], [texts[i] for i in keep]
     self._paths = [os.path.join(images_dir, str(r[image_key])) for r in rows]
-    self._texts = [str(r[text_key]) for r in rows]
+    self._texts = texts
     missing = [p for p in self._paths if not os.path.isfile(p)]
     if missing:
       raise checks.ConfigError(
@@ -119,7 +190,10 @@ class ImageTextFiles(Sequence[dict[str, Any]]):
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     with open(self._paths[index], "rb") as f:
-      return {"image": f.read(), "text": self._texts[index]}
+      image = f.read()
+    if self._num is None:
+      return {"image": image, "text": self._texts[index]}
+    return {"image": image, **padded_captions(self._texts[index], self._num)}
 
   def origin(self, index: int) -> str:
     """The image file record `index` reads (for messages)."""
@@ -159,10 +233,12 @@ def _split_member(name: str) -> tuple[str, str]:
   return os.path.join(folder, stem), ext.lower()
 
 
-def _index_shard(shard: str) -> tuple[list[tuple[str, int, int, int, int]],
-                                      collections.Counter]:
-  """[(key, image offset, image size, text offset, text size)] of a shard,
-  in member order, and a count of incomplete samples by what they lack."""
+def _index_shard(shard: str, text_exts: Sequence[str], json_ext: str | None
+                 ) -> tuple[list[tuple[Any, ...]], collections.Counter]:
+  """[(key, image offset, image size, then offset and size of each text
+  member and of the JSON member, -1 where missing)] of a shard's samples
+  with an image and some caption member, in member order, and a count of
+  the others by what they lack."""
   members: dict[str, dict[str, tarfile.TarInfo]] = {}
   try:
     with tarfile.open(shard, "r:") as tar:  # "r:": uncompressed only.
@@ -176,50 +252,71 @@ def _index_shard(shard: str) -> tuple[list[tuple[str, int, int, int, int]],
         "uncompressed .tar files (decompress .tar.gz shards: random access "
         "needs seeks) and readable.") from e
   samples, incomplete = [], collections.Counter()
+  exts = [*text_exts, *([json_ext] if json_ext else [])]
   for key, by_ext in members.items():
     image = next((by_ext[e] for e in WDS_IMAGE_EXTENSIONS if e in by_ext),
                  None)
-    text = by_ext.get("txt")
-    if image is None or text is None:
-      incomplete["no image" if image is None else "no .txt"] += 1
+    texts = [by_ext.get(e) for e in exts]
+    if image is None or not any(texts):
+      incomplete["no image" if image is None
+                 else f"no {'/'.join('.' + e for e in exts)}"] += 1
       continue
-    samples.append((key, image.offset_data, image.size, text.offset_data,
-                    text.size))
+    spans = [x for t in texts
+             for x in ((t.offset_data, t.size) if t else (-1, -1))]
+    samples.append((key, image.offset_data, image.size, *spans))
   return samples, incomplete
 
 
 class WebDataset(Sequence[dict[str, Any]]):
   """Samples of img2dataset-style tar shards, indexed for random access."""
 
-  def __init__(self, path: str | Sequence[str]):
+  def __init__(self, path: str | Sequence[str],
+               text_ext: str | Sequence[str] = "txt",
+               json_key: str | None = None, num_captions: int | None = None):
     """Indexes the shards (reads their tar headers once).
 
     Args:
       path: the shard files: a glob, a numeric range ("{00000..00099}"),
         or a list of those. Missing files in a range are left out.
+      text_ext: the extension of the caption member, or a list of them
+        (several captions, in that order).
+      json_key: a field of the `<key>.json` member holding captions (a
+        string or a list), after those of `text_ext`.
+      num_captions: K, to give "texts" [K] and "texts_mask" [K]; None: one
+        caption as "text" (with several sources: K = their number).
 
     Raises:
       ConfigError: no shard matches, a shard is not an uncompressed tar, or
-        no sample has both an image and a .txt caption.
+        no sample has both an image and a caption.
     """
+    self._text_exts = [text_ext] if isinstance(text_ext, str) else list(
+        text_ext)
+    self._json_key = json_key
+    self._num = self.num_captions = _num_captions(num_captions, text_ext)
+    if self._num is None and json_key:
+      raise checks.ConfigError(
+          "data.json_key gives a list of captions: set data.num_captions "
+          "(K, the captions a record after padding).")
     self._shards = _shard_paths(path)
     columns, keys, incomplete = [], [], collections.Counter()
     for shard_id, shard in enumerate(self._shards):
-      samples, missing = _index_shard(shard)
+      samples, missing = _index_shard(shard, self._text_exts,
+                                      "json" if json_key else None)
       incomplete.update(missing)
       keys += [s[0] for s in samples]
       columns += [(shard_id, *s[1:]) for s in samples]
     if incomplete:
       logging.warning(
           "WebDataset %s: skipped %d samples without both an image (%s) and "
-          "a .txt caption: %s.", path, sum(incomplete.values()),
+          "a caption: %s.", path, sum(incomplete.values()),
           "/".join(WDS_IMAGE_EXTENSIONS), dict(incomplete))
     if not columns:
       raise checks.ConfigError(
           f"The {len(self._shards)} WebDataset shards {path!r} hold no "
-          "sample with an image (.jpg/.png/...) and a .txt caption, e.g. "
+          "sample with an image (.jpg/.png/...) and a caption (.txt), e.g. "
           f"{self._shards[0]}. Expected img2dataset's output format.")
-    # [n, 5] int64: shard, image offset, image size, text offset, text size.
+    # [n, 3 + 2 * members] int64: shard, image offset and size, then the
+    # offset and size of each caption member (-1: missing).
     self._index = np.asarray(columns, np.int64)
     self._keys = keys
 
@@ -227,14 +324,28 @@ class WebDataset(Sequence[dict[str, Any]]):
     return len(self._index)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    shard, image_at, image_size, text_at, text_size = self._index[index]
-    path = self._shards[shard]
-    with open(path, "rb") as f:
+    shard, image_at, image_size, *spans = self._index[index].tolist()
+    members = []
+    with open(self._shards[shard], "rb") as f:
       f.seek(image_at)
       image = f.read(image_size)
-      f.seek(text_at)
-      text = f.read(text_size).decode("utf-8", errors="replace")
-    return {"image": image, "text": text}
+      for at, size in zip(spans[::2], spans[1::2]):
+        if at < 0:
+          members.append(None)
+          continue
+        f.seek(at)
+        members.append(f.read(size).decode("utf-8", errors="replace"))
+    if self._num is None:
+      return {"image": image, "text": members[0]}
+    captions = [t for t in members[:len(self._text_exts)] if t and t.strip()]
+    if self._json_key and members[-1] is not None:
+      try:
+        record = json.loads(members[-1])
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{self.origin(index)}.json is not JSON: {e}") from e
+      captions += _as_captions(record.get(self._json_key) if isinstance(
+          record, dict) else None)
+    return {"image": image, **padded_captions(captions, self._num)}
 
   def origin(self, index: int) -> str:
     """The "<shard>:<key>" record `index` reads (for messages)."""

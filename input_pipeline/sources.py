@@ -1,7 +1,10 @@
 """Random-access data sources, chosen by `config.input.data` (`from_config`).
 
 Every source has len() and [i] -> a dict: "image" (encoded bytes) and "label"
-(int) for classification, "image" and "text" (str) for image-text data.
+(int) for classification, "image" and "text" (str) for image-text data, or
+with several captions a record "texts" [K] and "texts_mask" [K] (a list of
+caption columns, a JSONL list field, several WebDataset members or a JSON
+field; TFDS Sequence features go through the `captions` pp op instead).
 `from_config` picks the kind from `SOURCE_KINDS` by data.kind ("tfds" when
 unset) and passes the other keys of `data` to it as keyword arguments, whose
 defaults are in the signatures:
@@ -10,8 +13,9 @@ defaults are in the signatures:
   dict(kind="imagefolder", path="/data/pets", split="val", val_fraction=0.1)
   dict(kind="image_files", path="/photos")          # Or a list of files.
   dict(kind="image_text", path="/data/captions.csv", images_dir=None,
-       image_key="image", text_key="caption")
-  dict(kind="webdataset", path="/data/cc3m/{00000..00331}.tar")  # Or a glob.
+       image_key="image", text_key="caption", num_captions=None)
+  dict(kind="webdataset", path="/data/cc3m/{00000..00331}.tar",  # Or a glob.
+       text_ext="txt", json_key=None, num_captions=None)
   dict(kind="mixture", sources=[dict(...), dict(...)], weights=[3, 1],
        seed=0, length=None, source_key=None)
 

@@ -34,12 +34,19 @@ EVALUATORS: dict[str, Any] = {
 }
 
 
-def parse(name: str, cfg: Mapping[str, Any]) -> tuple[type, Any]:
+def parse(name: str, cfg: Mapping[str, Any], train_pp: str | None = None
+          ) -> tuple[type, Any]:
   """(evaluator class, its Config) for `config.evals.<name>`.
+
+  Args:
+    name: the evaluator's name in config.evals.
+    cfg: its section.
+    train_pp: config.input.pp; evaluators that tokenize text take their
+      unset text pp from it (`with_train_text`).
 
   Raises:
     ConfigError: missing or unknown type, unknown or missing field (naming
-      the closest), or a bad data dict or pp spec.
+      the closest), a bad data dict or pp spec, or no text pp to use.
   """
   cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
   where = f"config.evals.{name}"
@@ -49,11 +56,14 @@ def parse(name: str, cfg: Mapping[str, Any]) -> tuple[type, Any]:
   cls = checks.lookup(EVALUATORS, cfg.pop("type"), f"{where}.type")
   checks.check_kwargs(cls.Config, cfg, where)
   try:
-    return cls, cls.Config(**cfg)
+    parsed = cls.Config(**cfg)
   except TypeError as e:  # A required field is missing.
     raise checks.ConfigError(f"{where}: {e}.") from None
   except checks.ConfigError as e:
     raise checks.ConfigError(f"{where}: {e}") from None
+  if hasattr(cls, "with_train_text"):
+    parsed = cls.with_train_text(parsed, train_pp, where)
+  return cls, parsed
 
 
 def predict_fns(name: str, cls: type, parsed: Any,
@@ -71,10 +81,11 @@ def predict_fns(name: str, cls: type, parsed: Any,
 
 
 def build(name: str, cfg: Mapping[str, Any], objective: objectives.Objective,
-          data_sharding: jax.sharding.Sharding) -> base.Evaluator:
+          data_sharding: jax.sharding.Sharding,
+          train_pp: str | None = None) -> base.Evaluator:
   """The evaluator for `config.evals.<name>`, given the predict functions
   its `pred` (and other `PREDICT_FIELDS`) name; the objective itself is not
-  passed on."""
-  cls, parsed = parse(name, cfg)
+  passed on. `train_pp` as in `parse`."""
+  cls, parsed = parse(name, cfg, train_pp)
   fns = predict_fns(name, cls, parsed, objective)
   return cls(parsed, fns.pop("pred"), data_sharding, **fns)

@@ -6,7 +6,10 @@ the predict function named by `cfg.pred` (never the objective), and runs as
 `run(params, model_state) -> Results`. An evaluator needing more than one
 (e.g. image and text embeddings) lists the Config fields naming them in a
 `PREDICT_FIELDS` class attribute; those after "pred" are passed as keyword
-arguments of the same names.
+arguments of the same names. An evaluator tokenizing text has a
+`with_train_text(cfg, train_pp, where) -> cfg` static method that fills its
+unset text pp from the train pp (`config.input.pp`), so that it tokenizes as
+training did.
 """
 
 from __future__ import annotations
@@ -97,13 +100,16 @@ class DatasetEvaluator:
   the padded eval iterator, and global batches on `data_sharding`."""
 
   def __init__(self, cfg: DataConfig, data_sharding: jax.sharding.Sharding,
-               keys: tuple[str, ...]):
+               keys: tuple[str, ...],
+               pp_fn: preprocess.PreprocessFn | None = None):
+    """`pp_fn`: the records' preprocessing, if not `cfg.pp` alone (e.g. the
+    image pp merged with a text pp)."""
     self.cfg = cfg
     self.every_steps = cfg.every_steps
     self._sharding = data_sharding
     self._keys = (*keys, "_mask")
     self.source = sources.from_config(cfg.data)
-    self._pp_fn = preprocess.build(cfg.pp)
+    self._pp_fn = pp_fn or preprocess.build(cfg.pp)
     self._iterator = pipeline.make_eval_iterator(
         self.source, self._pp_fn, global_batch_size=cfg.batch_size,
         process_index=jax.process_index(), process_count=jax.process_count(),

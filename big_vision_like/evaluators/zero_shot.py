@@ -9,8 +9,11 @@ processes; padding is masked ("_mask").
   evals.zeroshot = dict(
       type="zero_shot", data=dict(name="sklearn_digits", split="test"),
       pp='decode|value_range(-1, 1)|keep("image", "label")', batch_size=360,
-      classnames=["zero", "one", ...], templates=["a photo of a {}.", ...],
-      pp_txt='tokenize(32, eos="sticky", key_result="text")')
+      classnames=["zero", "one", ...], templates=["a photo of a {}.", ...])
+
+The prompts are tokenized exactly as training tokenizes its captions (the
+text part of config.input.pp, see input_pipeline/text_pp.py), unless
+`pp_txt` says otherwise.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from big_vision_like import checks
 from big_vision_like.evaluators import base
 from big_vision_like.objectives.base import PredictFn
 from input_pipeline import preprocess
+from input_pipeline import text_pp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,13 +43,14 @@ class Config(base.DataConfig):
     class several (their prompts are averaged too).
   templates: prompts, each with one "{}" for the class name.
   pp_txt: preprocessing of one prompt {"text": str} into {"text": int32
-    [L]}, e.g. 'tokenize(32, eos="sticky", key_result="text")'.
+    [L]}; None: the training pp's text part (`text_pp.prompt_pp`). Set it
+    only to tokenize prompts unlike training on purpose.
   pred: the image embedding predict function; pred_text: the text one.
   label_key: the batch key of the integer label.
   """
   classnames: Sequence[str | Sequence[str]] = ()
   templates: Sequence[str] = ("{}",)
-  pp_txt: str = ""
+  pp_txt: str | None = None
   pred: str = "embed_image"
   pred_text: str = "embed_text"
   label_key: str = "label"
@@ -61,12 +66,20 @@ class Config(base.DataConfig):
       raise checks.ConfigError(
           f"templates {list(self.templates)!r}: give prompts with exactly "
           "one '{}' each (where the class name goes), e.g. 'a photo of a {}.'.")
-    if not self.pp_txt:
-      raise checks.ConfigError(
-          "pp_txt is empty: give the prompt tokenization, e.g. "
-          "'tokenize(32, eos=\"sticky\", key_result=\"text\")', as the "
-          "training text pp.")
-    preprocess.validate(self.pp_txt)
+    if self.pp_txt is not None:
+      preprocess.validate(self.pp_txt)
+
+
+def with_train_text(cfg: Config, train_pp: str | None, where: str) -> Config:
+  """`cfg` with pp_txt, when unset, taken from the train pp's text part."""
+  if cfg.pp_txt is not None:
+    return cfg
+  if not train_pp:
+    raise checks.ConfigError(
+        f"{where}.pp_txt is not set, and there is no train pp "
+        "(config.input.pp) to take the prompt tokenization from: set pp_txt, "
+        "e.g. 'tokenize(32, eos=\"sticky\", key_result=\"text\")'.")
+  return dataclasses.replace(cfg, pp_txt=text_pp.prompt_pp(train_pp))
 
 
 def _names(cfg: Config) -> list[list[str]]:
@@ -75,6 +88,10 @@ def _names(cfg: Config) -> list[list[str]]:
 
 def tokenize_prompts(cfg: Config) -> tuple[np.ndarray, np.ndarray]:
   """(tokens [P, L] of every class's prompts, class index [P])."""
+  if cfg.pp_txt is None:
+    raise checks.ConfigError(
+        "pp_txt is None: build the evaluator through evaluators.build (which "
+        "takes it from the train pp), or set it.")
   pp_fn = preprocess.build(cfg.pp_txt)
   tokens, classes = [], []
   for c, names in enumerate(_names(cfg)):
@@ -151,6 +168,7 @@ class Evaluator(base.DatasetEvaluator):
 
   Config = Config
   PREDICT_FIELDS = ("pred", "pred_text")
+  with_train_text = staticmethod(with_train_text)
 
   def __init__(self, cfg: Config, predict_fn: PredictFn,
                data_sharding: jax.sharding.NamedSharding, *,

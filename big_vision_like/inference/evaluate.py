@@ -24,6 +24,7 @@ from big_vision_like import sharding
 from big_vision_like.trainers import resume
 from big_vision_like.trainers import train
 from input_pipeline import sources
+from input_pipeline import text_pp
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +56,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   config = config_lib.resolve(config)
   objective = setup.validate(config)
   names = select(config, names)
-  resume.find_checkpoints(workdir, "--workdir")  # Before opening any data.
+  directory = resume.find_checkpoints(workdir, "--workdir")  # Before data.
   env = setup.make_env(config)
   mock = (sources.mock_data(config.mock_examples) if config.mock_examples
           else contextlib.nullcontext())
   try:
     with mock, contextlib.ExitStack() as cleanup:
       evals = {name: evaluators_lib.build(name, config.evals[name], objective,
-                                          env.data_sharding)
+                                          env.data_sharding, config.input.pp)
                for name in names}
       batch_spec = next(iter(evals.values())).batch_spec()
       step, params, model_state = setup.restore_variables(
           workdir, step, objective, batch_spec, env,
           config.sharding.overrides)
+      # The evaluators tokenize as the config's train pp; it must be the
+      # tokenization the checkpoint was trained with.
+      text_pp.check_same_tokenizer(
+          ckpt_lib.read_metadata(directory, step).get("tokenizer"),
+          text_pp.spec(config.input.pp), directory)
       log.info("Evaluating step %d of %s: %s.", step, workdir,
                ", ".join(names))
       writer = cleanup.enter_context(contextlib.closing(

@@ -83,7 +83,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
   if top_k < 1:
     raise checks.ConfigError(f"--top_k={top_k}: it must be >= 1.")
   [name] = evaluate.select(config, [eval_name] if eval_name else None)[:1]
-  _, eval_cfg = evaluators.parse(name, config.evals[name])
+  _, eval_cfg = evaluators.parse(name, config.evals[name], config.input.pp)
   pp = preprocess.drop_ops(eval_cfg.pp, LABEL_OPS)
   resume.find_checkpoints(workdir, "--workdir")
   source = folder.ImageFiles(list(inputs))

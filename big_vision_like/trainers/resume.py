@@ -29,6 +29,7 @@ import orbax.checkpoint as ocp
 from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import config as config_lib
 from big_vision_like.trainers import state as state_lib
+from input_pipeline import text_pp
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,12 @@ PyTree = Any
 
 def metadata(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
              ) -> dict[str, Any]:
-  """What a checkpoint records besides the state: config, versions, mesh."""
+  """What a checkpoint records besides the state: config, versions, mesh,
+  and the tokenizer spec of the train pp (None if it tokenizes nothing; see
+  `text_pp.spec`), with the hash of its model file."""
   return {
       "config": json.loads(config.to_json_best_effort()),
+      "tokenizer": text_pp.spec(config.input.pp),
       "versions": {"jax": jax.__version__, "flax": flax.__version__,
                    "optax": optax.__version__, "orbax": ocp.__version__,
                    "numpy": np.__version__},
@@ -88,7 +92,10 @@ def check_relaunch(config: ml_collections.ConfigDict, directory: str) -> None:
   """
   if config.allow_config_change or not ckpt_lib.committed_steps(directory):
     return
-  old = ckpt_lib.read_metadata(directory).get("config", {})
+  saved = ckpt_lib.read_metadata(directory)
+  text_pp.check_same_tokenizer(saved.get("tokenizer"),
+                               text_pp.spec(config.input.pp), directory)
+  old = saved.get("config", {})
   diff = config_diff(old, json.loads(config.to_json_best_effort()))
   if diff:
     shown = "; ".join(f"{k}: {a!r} -> {b!r}"

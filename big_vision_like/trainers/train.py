@@ -197,7 +197,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
 
     # --------------------------------------------------------------- evaluators
     evals = {name: evaluators_lib.build(name, cfg, objective,
-                                        env.data_sharding)
+                                        env.data_sharding, config.input.pp)
              for name, cfg in config.evals.items()}
 
     # --------------------------------------------------------------------- loop

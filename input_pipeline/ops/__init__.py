@@ -46,6 +46,7 @@ OPS: dict[str, Callable[..., Op]] = {
     # Text.
     "lower": text.lower,
     "tokenize": text.tokenize,
+    "captions": text.captions,
 }
 
 __all__ = ["OPS", "Op"]

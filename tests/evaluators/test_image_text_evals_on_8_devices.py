@@ -26,9 +26,10 @@ if str(_REPO) not in sys.path:  # Run as a script.
 from big_vision_like import evaluators  # noqa: E402
 from big_vision_like import sharding  # noqa: E402
 
-PP_RETRIEVAL = ('decode|value_range(-1, 1)|tokenize(32, key="texts", '
-                'key_result="texts", sample_if_multi=False)'
-                '|keep("image", "texts")')
+PP_RETRIEVAL = 'decode|value_range(-1, 1)|keep("image")'
+# The text part of a train pp: what both evaluators tokenize with.
+TRAIN_PP = ('decode|tokenize(32, key="texts", key_result="text")'
+            '|keep("image", "text")')
 
 
 def _embed_image(params, model_state, batch):
@@ -57,12 +58,12 @@ def _figures(data_dir: str, mesh_cfg) -> dict[str, float]:
       "zeroshot": dict(type="zero_shot", data=test, batch_size=64,
                        pp='decode|value_range(-1, 1)|keep("image", "label")',
                        classnames=[str(i) for i in range(10)],
-                       templates=["{}", "a {}!"],
-                       pp_txt='tokenize(16, key_result="text")'),
+                       templates=["{}", "a {}!"]),
   }
   out = {}
   for name, cfg in evals.items():
-    results = evaluators.build(name, cfg, _Fake(), data).run({}, {})
+    results = evaluators.build(name, cfg, _Fake(), data,
+                               TRAIN_PP).run({}, {})
     out.update({f"{name}/{k}": v for k, v in results.scalars.items()})
   return out
 

@@ -7,11 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from big_vision_like import config as config_lib
 from big_vision_like import evaluators
 from big_vision_like import sharding
 from big_vision_like.evaluators import zero_shot
+from input_pipeline import preprocess
 from input_pipeline import sources
 from input_pipeline.ops import text
 
@@ -100,3 +102,29 @@ def test_bad_zero_shot_fields_fail_naming_the_fix(field, value, message,
     return
   with pytest.raises(config_lib.ConfigError, match=message):
     evaluators.parse("zs", cfg)
+
+
+TRAIN_PP = ('decode|resize(4)|lower(key="caption")|tokenize(12, key="caption"'
+            ', key_result="text", eos="sticky", pad_value="eos")'
+            '|keep("image", "text")')
+
+
+def test_prompts_are_tokenized_exactly_as_the_train_pp_without_a_pp_txt(
+    digits_data_dir):
+  cfg = {**_config(digits_data_dir), "classnames": ["Zero", ["ONE", "Un"]],
+         "templates": ["a {}", "A long prompt about the digit {}!"]}
+  del cfg["pp_txt"]
+  _, parsed = evaluators.parse("zs", cfg, TRAIN_PP)
+  tokens, _ = zero_shot.tokenize_prompts(parsed)
+  train_fn = preprocess.build(TRAIN_PP)
+  image = tf.io.encode_png(tf.zeros([8, 8, 1], tf.uint8))
+  want = [train_fn({"image": image, "caption": tf.constant(t.format(n))},
+                   tf.constant([0, 0], tf.int64))["text"].numpy()
+          for n in ("Zero", "ONE", "Un") for t in cfg["templates"]]
+  np.testing.assert_array_equal(tokens, np.stack(want))
+  assert tokens[0].tolist()[:3] == [ord("a") + 3, ord(" ") + 3, ord("z") + 3]
+  assert tokens[1, -1] == text.EOS_ID  # Truncated, sticky EOS.
+  with pytest.raises(config_lib.ConfigError, match="pp_txt is not set"):
+    evaluators.parse("zs", cfg)
+  with pytest.raises(config_lib.ConfigError, match="2 tokenize ops"):
+    evaluators.parse("zs", cfg, f'{TRAIN_PP}|tokenize(4, key="x")')

@@ -74,7 +74,7 @@ def test_validate_rejects_arguments_that_do_not_fit_the_op(spec, match):
 def test_validate_accepts_every_op_with_its_defaults_or_example_args():
   required = {"resize": "(8)", "resize_small": "(8)", "resize_long": "(8)",
               "random_crop": "(8)", "onehot": "(10)", "copy": '("a", "b")',
-              "tokenize": "(16)"}
+              "tokenize": "(16)", "captions": "(5)"}
   for name in OPS:
     preprocess.validate(name + required.get(name, ""))
 

@@ -10,6 +10,9 @@ import sys
 import numpy as np
 import pytest
 
+from big_vision_like import checkpoint
+from configs import clip_demo
+from input_pipeline import text_pp
 from trainers_testing import REPO, read_metrics, subprocess_env
 
 
@@ -36,3 +39,8 @@ def test_chunked_sigmoid_trains_step_for_step_as_the_full_sigmoid_on_8_devices(
                     cache_dir)
   assert len(full) == 2
   np.testing.assert_allclose(chunked, full, rtol=1e-5)
+  # The checkpoint records the train pp's tokenizer spec.
+  spec = checkpoint.read_metadata(str(tmp_path / "full" / "checkpoints"))[
+      "tokenizer"]
+  assert spec == text_pp.spec(clip_demo.PP_TRAIN)
+  assert spec["kind"] == "bytes" and spec["max_len"] == 32
