@@ -31,7 +31,8 @@ flags.DEFINE_integer("step", None, "eval/predict: the checkpoint step.")
 flags.DEFINE_list("evals", None, "eval/predict: evaluator names to use.")
 flags.DEFINE_list("inputs", None, "predict: an image folder, or files.")
 flags.DEFINE_string("output", None,
-                    "predict: the .csv or .jsonl (or two towers: .npz) to write.")
+                    "predict: the .csv or .jsonl (two towers: or .npz) to "
+                    "write.")
 flags.DEFINE_integer("top_k", 5, "predict: classes written per image.")
 flags.mark_flags_as_required(["config", "workdir"])
 

@@ -92,7 +92,7 @@ def _text_spec(config: ml_collections.ConfigDict, batch_size: int
   """The "text" batch shape a two-tower model is built with, from the op of
   the training pp that writes "text" with a `max_len` (e.g. `tokenize`)."""
   for name, args, kwargs in preprocess.parse(config.input.pp):
-    signature = inspect.signature(ops_lib.OPS[name])
+    signature = inspect.signature(checks.lookup(ops_lib.OPS, name, "pp op"))
     if "max_len" not in signature.parameters:
       continue
     bound = signature.bind(*args, **kwargs)

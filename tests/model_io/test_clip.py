@@ -49,7 +49,7 @@ def _tokens(rng, n=4):
 def reference(open_clip, torch):
   """(open_clip CLIP with random non-trivial weights, images, tokens,
   expected image and text embeddings)."""
-  from open_clip import model as oc_model  # pylint: disable=import-outside-toplevel
+  oc_model = open_clip.model
   torch.manual_seed(0)
   clip = oc_model.CLIP(
       embed_dim=EMBED, quick_gelu=True,

@@ -111,7 +111,8 @@ def test_reads_what_torch_writes(torch, tmp_path):
   strides), a nested training checkpoint and a TorchScript archive."""
   base = torch.randn(4, 6)
   state_dict = {"w": torch.randn(3, 2), "scalar": torch.tensor(1.5),
-                "bf16": torch.randn(5).bfloat16(), "half": torch.randn(2).half(),
+                "bf16": torch.randn(5).bfloat16(),
+                "half": torch.randn(2).half(),
                 "ids": torch.arange(4), "view": base[1:, ::2], "base": base}
   path = str(tmp_path / "sd.pth")
   torch.save({"epoch": 3, "state_dict": state_dict}, path)
@@ -137,5 +138,6 @@ def test_refuses_a_pickled_module(torch, tmp_path):
   path = str(tmp_path / "whole.pth")
   torch.save(torch.nn.Linear(2, 2), path)
   with pytest.raises(config_lib.ConfigError,
-                     match=r"torch\.nn\.modules\.linear\.Linear.*\.safetensors"):
+                     match=r"torch\.nn\.modules\.linear\.Linear.*"
+                           r"\.safetensors"):
     torch_pickle.read(path)
