@@ -85,8 +85,10 @@ NAME_MAP: tn.NameMap = (
     (r"logit_scale", (("t", _vector),)),
     (r"logit_bias", (("b", _vector),)),
 )
-# Buffers that are not weights: the text tower's causal mask.
-IGNORED = (r"(.*\.)?attn_mask",)
+# Entries that are not weights: the text tower's causal mask, and the sizes
+# OpenAI's TorchScript files hold as tensors (its `build_model` drops them).
+IGNORED = (r"(.*\.)?attn_mask", r"(visual\.)?input_resolution",
+           r"context_length", r"vocab_size")
 
 
 def convert(state_dict: dict[str, Any]) -> dict[str, Any]:

@@ -141,6 +141,9 @@ def test_every_weight_of_the_model_has_a_row_in_the_name_map():
   model = _model()
   state_dict = _random_state_dict()
   state_dict["attn_mask"] = np.zeros((LEN, LEN), np.float32)  # A buffer.
+  for name, size in (("input_resolution", SIZE), ("context_length", LEN),
+                     ("vocab_size", VOCAB)):  # Sizes, in OpenAI's files.
+    state_dict[name] = np.array(size)
   fitted, fresh = surgery.fit(model_io.clip.convert(state_dict),
                               _target(model))
   assert not fresh
