@@ -4,7 +4,8 @@
   --mode=eval     run the config's evaluators (or --evals=a,b) on the
                   workdir's newest checkpoint (or --step=N); no training.
   --mode=predict  top-k classes of --inputs (a folder or comma-separated
-                  image files) into --output (.csv or .jsonl).
+                  image files) into --output (.csv or .jsonl); two-tower
+                  models: zero-shot classes, or image embeddings (.npz).
 
 Config files take an argument after a colon (`configs/vit_b16.py:runlocal`)
 and any key can be overridden with `--config.a.b=value`. Exit codes are listed
@@ -29,7 +30,9 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to run.")
 flags.DEFINE_integer("step", None, "eval/predict: the checkpoint step.")
 flags.DEFINE_list("evals", None, "eval/predict: evaluator names to use.")
 flags.DEFINE_list("inputs", None, "predict: an image folder, or files.")
-flags.DEFINE_string("output", None, "predict: the .csv or .jsonl to write.")
+flags.DEFINE_string("output", None,
+                    "predict: the .csv or .jsonl (two towers: or .npz) to "
+                    "write.")
 flags.DEFINE_integer("top_k", 5, "predict: classes written per image.")
 flags.mark_flags_as_required(["config", "workdir"])
 

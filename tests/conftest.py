@@ -12,6 +12,53 @@ import pytest
 from input_pipeline import sources
 
 
+# Fixtures that import an optional reference implementation; a test that
+# takes one is a golden test (marked `golden` below, so `pytest -m golden`
+# selects them all) and skips cleanly when the package is absent.
+GOLDEN_FIXTURES = ("torch", "timm", "open_clip")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+  for item in items:
+    if set(GOLDEN_FIXTURES) & set(getattr(item, "fixturenames", ())):
+      item.add_marker(pytest.mark.golden)
+
+
+def _import_golden(name: str):
+  """Imports `name` (a torch package) for golden tests, or skips."""
+  # CUDA torch wheels import triton with torch._dynamo (timm, torchvision);
+  # libtriton segfaults once TensorFlow (loaded by input_pipeline) is in the
+  # process. CPU golden tests compile nothing, so import torch without it.
+  sys.modules.setdefault("triton", None)
+  pytest.importorskip("torch")
+  try:
+    return __import__(name)
+  except ImportError as e:
+    pytest.skip(f"{name} is not installed: {e}")
+  except RuntimeError as e:
+    # E.g. a CUDA torchvision wheel next to a CPU torch, which fails while
+    # registering its ops at import.
+    pytest.skip(f"{name} does not import: {e}")
+
+
+@pytest.fixture(scope="session")
+def torch():
+  """The torch module for golden tests; skips when it is absent."""
+  return _import_golden("torch")
+
+
+@pytest.fixture(scope="session")
+def timm():
+  """The timm module for golden tests; skips when torch or timm is absent."""
+  return _import_golden("timm")
+
+
+@pytest.fixture(scope="session")
+def open_clip():
+  """The open_clip module for golden tests; skips when it is absent."""
+  return _import_golden("open_clip")
+
+
 @pytest.fixture(scope="session")
 def digits_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
   """A TFDS data_dir holding the built "sklearn_digits" dataset (built once)."""

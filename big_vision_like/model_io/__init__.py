@@ -24,10 +24,12 @@ import jax
 
 from big_vision_like import config as config_lib
 from big_vision_like.checkpoint import tree_paths
+from big_vision_like.model_io import clip
 from big_vision_like.model_io import npz
 from big_vision_like.model_io import orbax_run
 from big_vision_like.model_io import safetensors_format
 from big_vision_like.model_io import surgery
+from big_vision_like.model_io import timm_resnet
 from big_vision_like.model_io import timm_vit
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,12 @@ IMPORTERS: dict[str, Callable[[str, int | None], Params]] = {
     "orbax": orbax_run.load,               # A workdir of ours.
     "big_vision_npz": npz.load,            # file.npz, or file.npz:sub/tree.
     "safetensors": safetensors_format.load,
-    "timm_vit": timm_vit.load,             # timm vit_* .safetensors.
+    # torch state dicts: .safetensors, or .pt/.pth read without torch and
+    # without running pickled code (torch_pickle.py).
+    "timm_vit": timm_vit.load,             # timm vit_* (class token).
+    "timm_resnet": timm_resnet.load_resnet,  # timm resnet50, ... (params).
+    "timm_bit": timm_resnet.load_bit,      # timm resnetv2_50x1_bit, ...
+    "open_clip": clip.load,                # open_clip / OpenAI CLIP ViT.
 }
 
 EXPORTERS: dict[str, Callable[[Mapping[str, Any], str], None]] = {

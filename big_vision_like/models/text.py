@@ -25,8 +25,10 @@ from big_vision_like.models import vit
 
 # "last": the final token (big_vision's "sticky" EOS padding puts EOS there);
 # "first": a leading CLS-like token; "gap": mean of tokens; "map": attention
-# pooling with a learned probe.
-POOL_TYPES = ("last", "first", "gap", "map")
+# pooling with a learned probe; "argmax": the position of the highest token
+# id in each sequence, the EOT token of OpenAI CLIP's vocabulary (open_clip's
+# `text.argmax(dim=-1)`; the first one on ties).
+POOL_TYPES = ("last", "first", "gap", "map", "argmax")
 _ACTIVATION = ("batch", "length", "embed")
 
 
@@ -61,9 +63,13 @@ class TextTransformer(nn.Module):
     dropout: dropout rate inside each block.
     pool_type: one of `POOL_TYPES`.
     autoregressive: causal self-attention (token i sees tokens <= i), as in
-      CLIP's text tower; pair it with pool_type "last".
+      CLIP's text tower; pair it with pool_type "last" (EOS-padded tokens) or
+      "argmax" (OpenAI CLIP's vocabulary, whose EOT has the highest id).
     head_zeroinit: initialise the head kernel to zeros (default: LeCun normal,
       as big_vision's text tower).
+    head_bias: the head has a bias (OpenAI CLIP's text_projection has none).
+    act: MLP activation, a key of `vit.ACTIVATIONS` ("quick_gelu": CLIP).
+    ln_eps: epsilon of every LayerNorm (big_vision 1e-6; torch's 1e-5).
     scan: nn.scan over the blocks (params stacked on axis 0, "layers").
     remat_policy: with `scan`, see `vit.REMAT_POLICIES`.
     dtype: compute dtype name; parameters stay float32, and everything from
@@ -80,6 +86,9 @@ class TextTransformer(nn.Module):
   pool_type: str = "last"
   autoregressive: bool = False
   head_zeroinit: bool = False
+  head_bias: bool = True
+  act: str = "gelu"
+  ln_eps: float = 1e-6
   scan: bool = False
   remat_policy: str = "nothing_saveable"
   dtype: str = "float32"
@@ -91,6 +100,7 @@ class TextTransformer(nn.Module):
                       "text pool_type")
     config_lib.lookup(vit.REMAT_POLICIES, self.remat_policy,
                       "text remat_policy")
+    config_lib.lookup(vit.ACTIVATIONS, self.act, "text act")
     common.compute_dtype(self.dtype)
     if not 0.0 <= self.dropout < 1.0:
       raise config_lib.ConfigError(
@@ -148,7 +158,8 @@ class TextTransformer(nn.Module):
     encoder = vit.Encoder(
         depth=arch["depth"], mlp_dim=arch["mlp_dim"],
         num_heads=arch["num_heads"], dropout=self.dropout, scan=self.scan,
-        remat_policy=self.remat_policy, dtype=dtype)
+        remat_policy=self.remat_policy, dtype=dtype, act=self.act,
+        ln_eps=self.ln_eps)
     if self.autoregressive:
       with nn.intercept_methods(_causal_self_attention):
         x, blocks = encoder(x, deterministic=not train)
@@ -163,15 +174,18 @@ class TextTransformer(nn.Module):
       x = x[:, 0]
     elif self.pool_type == "gap":
       x = jnp.mean(x, axis=1)
+    elif self.pool_type == "argmax":
+      x = x[jnp.arange(n), jnp.argmax(text, axis=-1)]
     else:  # "map"
-      x = vit.MAPHead(arch["mlp_dim"], arch["num_heads"], dtype=dtype)(x)
+      x = vit.MAPHead(arch["mlp_dim"], arch["num_heads"], dtype=dtype,
+                      act=self.act, ln_eps=self.ln_eps)(x)
     x = out["pre_logits"] = x.astype(jnp.float32)
 
     if self.num_classes:
       kernel_init = (nn.initializers.zeros if self.head_zeroinit
                      else nn.initializers.lecun_normal())
       x = nn.Dense(
-          self.num_classes, name="head",
+          self.num_classes, name="head", use_bias=self.head_bias,
           kernel_init=common.partitioned(kernel_init, ("embed", "classes")),
           bias_init=common.partitioned(nn.initializers.zeros, ("classes",)),
       )(x)

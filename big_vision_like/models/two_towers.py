@@ -37,6 +37,36 @@ IMAGE_TOWERS: dict[str, type[nn.Module]] = {
     "resnet": resnet.ResNet,
 }
 
+# OpenAI CLIP (arxiv.org/abs/2103.00020): image variant -> (text variant,
+# embedding size). Its text tower reads 77 tokens of a 49,408-token BPE
+# vocabulary whose end-of-text token has the highest id.
+OPENAI_CLIP_VARIANTS = {
+    "B/32": ("M", 512),
+    "B/16": ("M", 512),
+    "L/14": ("B", 768),
+}
+OPENAI_CLIP_VOCAB_SIZE = 49_408
+OPENAI_CLIP_MAX_LEN = 77
+
+
+def openai_clip(variant: str = "B/32") -> dict[str, Any]:
+  """`TwoTowers` fields of OpenAI CLIP ViT-`variant`, whose weights
+  `model_io`'s "open_clip" importer loads: a class-token position, a
+  LayerNorm before the encoder, QuickGELU, torch's LayerNorm epsilon,
+  bias-free patch embedding and projections, and a causal text tower pooled
+  at its end-of-text token (the highest token id)."""
+  text_variant, embed_dim = config_lib.lookup(
+      OPENAI_CLIP_VARIANTS, variant, "OpenAI CLIP variant")
+  common_fields = dict(act="quick_gelu", ln_eps=1e-5, head_bias=False)
+  return dict(
+      image_model="vit",
+      image=dict(variant=variant, pool_type="tok", cls_posemb=True,
+                 ln_pre=True, stem_bias=False, **common_fields),
+      text=dict(variant=text_variant, vocab_size=OPENAI_CLIP_VOCAB_SIZE,
+                autoregressive=True, pool_type="argmax", **common_fields),
+      out_dim=embed_dim, temperature_init=1 / 0.07)
+
+
 # Added to the norm so an all-zero embedding (e.g. a zero-initialised head)
 # normalises to zero instead of NaN; big_vision's value.
 _NORM_EPS = 1e-8

@@ -1,7 +1,8 @@
 """Vision Transformer (ViT), parameter-compatible with big_vision's vit.py.
 
 Module and parameter names match big_vision so its checkpoints load without
-renaming: embedding, pos_embedding (no position for the class token), cls,
+renaming: embedding, pos_embedding (no position for the class token, unless
+`cls_posemb` as OpenAI CLIP), cls, ln_pre (OpenAI CLIP only),
 Transformer/encoderblock_{i}/... (or Transformer/encoderblock/... stacked on
 axis 0 when `scan=True`), Transformer/encoder_norm, MAPHead_0, pre_logits, head.
 
@@ -41,6 +42,20 @@ VARIANTS = {
 }
 POSEMB_TYPES = ("learn", "sincos2d")
 POOL_TYPES = ("gap", "tok", "map", "none")
+
+
+def quick_gelu(x: jax.Array) -> jax.Array:
+  """OpenAI CLIP's GELU approximation, x * sigmoid(1.702 x)."""
+  return x * nn.sigmoid(1.702 * x)
+
+
+# MLP activations: big_vision's tanh-approximated GELU (its default), the
+# exact erf GELU (timm, torch's default) and OpenAI CLIP's QuickGELU.
+ACTIVATIONS = {
+    "gelu": nn.gelu,
+    "gelu_exact": lambda x: nn.gelu(x, approximate=False),
+    "quick_gelu": quick_gelu,
+}
 # Rematerialisation policies for scanned blocks; "none" turns remat off.
 REMAT_POLICIES = common.REMAT_POLICIES
 _ACTIVATION = ("batch", "length", "embed")
@@ -81,9 +96,10 @@ def posemb_sincos_2d(h: int, w: int, width: int,
   return jnp.asarray(pe, jnp.float32)[None]
 
 
-def _layer_norm(dtype: Any, name: str | None = None) -> nn.LayerNorm:
+def _layer_norm(dtype: Any, name: str | None = None,
+                epsilon: float = 1e-6) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=1e-6, dtype=dtype, name=name,
+      epsilon=epsilon, dtype=dtype, name=name,
       scale_init=common.partitioned(nn.initializers.ones, ("embed",)),
       bias_init=common.partitioned(nn.initializers.zeros, ("embed",)))
 
@@ -99,10 +115,11 @@ def _attention(num_heads: int, dtype: Any) -> nn.MultiHeadDotProductAttention:
 
 
 class MlpBlock(nn.Module):
-  """Transformer MLP: Dense(mlp_dim) -> GELU -> Dropout -> Dense(width)."""
+  """Transformer MLP: Dense(mlp_dim) -> act -> Dropout -> Dense(width)."""
   mlp_dim: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  act: str = "gelu"
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -114,7 +131,7 @@ class MlpBlock(nn.Module):
                  kernel_init=common.partitioned(xavier, ("embed", "mlp")),
                  bias_init=common.partitioned(tiny, ("mlp",)))(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "mlp"))
-    x = nn.gelu(x)
+    x = ACTIVATIONS[self.act](x)
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
     return nn.Dense(d, dtype=self.dtype,
                     kernel_init=common.partitioned(xavier, ("mlp", "embed")),
@@ -127,6 +144,8 @@ class Encoder1DBlock(nn.Module):
   num_heads: int
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  act: str = "gelu"
+  ln_eps: float = 1e-6
 
   def _drop_path(self, x: jax.Array, rate: jax.Array | None,
                  deterministic: bool) -> jax.Array:
@@ -146,13 +165,14 @@ class Encoder1DBlock(nn.Module):
     `drop_path` is this block's stochastic-depth rate (a scalar, traced when
     scanned), or None for no stochastic depth.
     """
-    y = _layer_norm(self.dtype)(x)
+    y = _layer_norm(self.dtype, epsilon=self.ln_eps)(x)
     y = _attention(self.num_heads, self.dtype)(y, y)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + self._drop_path(y, drop_path, deterministic)
 
-    y = _layer_norm(self.dtype)(x)
-    y = MlpBlock(self.mlp_dim, self.dropout, self.dtype)(y, deterministic)
+    y = _layer_norm(self.dtype, epsilon=self.ln_eps)(x)
+    y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, self.act)(
+        y, deterministic)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + self._drop_path(y, drop_path, deterministic)
     x = nn.with_logical_constraint(x, _ACTIVATION)
@@ -169,6 +189,8 @@ class Encoder(nn.Module):
   scan: bool = False
   remat_policy: str = "nothing_saveable"
   dtype: Any = jnp.float32
+  act: str = "gelu"
+  ln_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool
@@ -179,7 +201,8 @@ class Encoder(nn.Module):
     if self.drop_path:
       rates = jnp.linspace(0.0, self.drop_path, self.depth)
     block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
-                    dropout=self.dropout, dtype=self.dtype)
+                    dropout=self.dropout, dtype=self.dtype, act=self.act,
+                    ln_eps=self.ln_eps)
     out = {}
     if self.scan:
       block_cls = Encoder1DBlock
@@ -202,7 +225,7 @@ class Encoder(nn.Module):
         rate = None if rates is None else rates[i]
         x, out[f"block{i:02d}"] = Encoder1DBlock(
             name=f"encoderblock_{i}", **block_kw)(x, rate, deterministic)
-    x = _layer_norm(self.dtype, name="encoder_norm")(x)
+    x = _layer_norm(self.dtype, name="encoder_norm", epsilon=self.ln_eps)(x)
     return nn.with_logical_constraint(x, _ACTIVATION), out
 
 
@@ -211,6 +234,8 @@ class MAPHead(nn.Module):
   mlp_dim: int
   num_heads: int
   dtype: Any = jnp.float32
+  act: str = "gelu"
+  ln_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -221,8 +246,9 @@ class MAPHead(nn.Module):
                                     (None, None, "embed")), (1, 1, d))
     probe = jnp.tile(probe.astype(x.dtype), [n, 1, 1])
     x = _attention(self.num_heads, self.dtype)(probe, x)
-    y = _layer_norm(self.dtype)(x)
-    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype)(y, deterministic=True)
+    y = _layer_norm(self.dtype, epsilon=self.ln_eps)(x)
+    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, act=self.act)(
+        y, deterministic=True)
     return x[:, 0]
 
 
@@ -245,6 +271,15 @@ class ViT(nn.Module):
     pool_type: "gap" (mean of tokens), "tok" (class token), "map"
       (attention pooling) or "none" (logits per token, (n, l, classes)).
     head_zeroinit: initialise the head kernel to zeros.
+    head_bias: the head has a bias (OpenAI CLIP's projections have none).
+    act: MLP activation, a key of `ACTIVATIONS` (OpenAI CLIP: "quick_gelu").
+    ln_eps: epsilon of every LayerNorm (big_vision 1e-6; torch's 1e-5).
+    ln_pre: a LayerNorm ("ln_pre") before the encoder, as OpenAI CLIP.
+    cls_posemb: the learned position embedding also covers the class token
+      (OpenAI CLIP, timm: (1, 1 + h*w, d), added after prepending it);
+      big_vision's has no position for it. Needs pool_type "tok".
+    stem_bias: the patch embedding convolution has a bias (OpenAI CLIP's
+      has none).
     scan: nn.scan over the blocks (params stacked on axis 0, "layers").
     remat_policy: with `scan`, the jax.checkpoint policy of each block (see
       `REMAT_POLICIES`); "none" disables rematerialisation.
@@ -264,6 +299,12 @@ class ViT(nn.Module):
   drop_path: float = 0.0
   pool_type: str = "gap"
   head_zeroinit: bool = True
+  head_bias: bool = True
+  act: str = "gelu"
+  ln_eps: float = 1e-6
+  ln_pre: bool = False
+  cls_posemb: bool = False
+  stem_bias: bool = True
   scan: bool = False
   remat_policy: str = "nothing_saveable"
   dtype: str = "float32"
@@ -274,6 +315,11 @@ class ViT(nn.Module):
     config_lib.lookup(dict.fromkeys(POSEMB_TYPES), self.posemb, "ViT posemb")
     config_lib.lookup(dict.fromkeys(POOL_TYPES), self.pool_type,
                       "ViT pool_type")
+    config_lib.lookup(ACTIVATIONS, self.act, "ViT act")
+    if self.cls_posemb and (self.pool_type, self.posemb) != ("tok", "learn"):
+      raise config_lib.ConfigError(
+          "ViT cls_posemb=True gives the class token a learned position: "
+          "set pool_type='tok' and posemb='learn', or cls_posemb=False.")
     config_lib.lookup(REMAT_POLICIES, self.remat_policy, "ViT remat_policy")
     common.compute_dtype(self.dtype)
     for key in ("dropout", "drop_path"):
@@ -306,9 +352,10 @@ class ViT(nn.Module):
     """Images (n, H, W, C) -> (logits (n, num_classes), intermediates).
 
     Intermediates: "stem" (n, h, w, d) patch embeddings, "with_posemb"
-    (n, h*w, d), "block{i:02d}" (n, l, d) after each block, "encoded" (n, l, d)
-    after the final norm, "head_input" (n, d), "pre_logits" (n, rep),
-    "pre_logits_2d" (n, h, w, rep), "logits" and "logits_2d".
+    (n, h*w, d; with `cls_posemb` (n, 1 + h*w, d)), "block{i:02d}" (n, l, d)
+    after each block, "encoded" (n, l, d) after the final norm, "head_input"
+    (n, d), "pre_logits" (n, rep), "pre_logits_2d" (n, h, w, rep), "logits"
+    and "logits_2d".
     """
     arch = self.arch()
     dtype = common.compute_dtype(self.dtype)
@@ -317,6 +364,7 @@ class ViT(nn.Module):
     x = out["stem"] = nn.Conv(
         arch["width"], arch["patch_size"], strides=arch["patch_size"],
         padding="VALID", dtype=dtype, name="embedding",
+        use_bias=self.stem_bias,
         kernel_init=common.partitioned(nn.initializers.lecun_normal(),
                                        (None, None, None, "embed")),
         bias_init=common.partitioned(nn.initializers.zeros, ("embed",)),
@@ -324,20 +372,25 @@ class ViT(nn.Module):
     n, h, w, d = x.shape
     x = einops.rearrange(x, "n h w d -> n (h w) d")
 
-    # The position embedding is added before the class token is prepended.
+    # big_vision adds the position embedding before the class token is
+    # prepended; with `cls_posemb` (OpenAI CLIP) after, covering it too.
+    if self.pool_type == "tok":
+      cls = self.param("cls", common.partitioned(
+          nn.initializers.zeros, (None, None, "embed")), (1, 1, d))
+    if self.cls_posemb:
+      x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], 1)
     if self.posemb == "learn":
       posemb = self.param(
           "pos_embedding",
           common.partitioned(nn.initializers.normal(stddev=1 / np.sqrt(d)),
-                             (None, None, "embed")), (1, h * w, d))
+                             (None, None, "embed")), (1, x.shape[1], d))
     else:
       posemb = posemb_sincos_2d(h, w, d)
     x = out["with_posemb"] = x + posemb.astype(x.dtype)
-
-    if self.pool_type == "tok":
-      cls = self.param("cls", common.partitioned(
-          nn.initializers.zeros, (None, None, "embed")), (1, 1, d))
+    if self.pool_type == "tok" and not self.cls_posemb:
       x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), [n, 1, 1]), x], 1)
+    if self.ln_pre:
+      x = _layer_norm(dtype, name="ln_pre", epsilon=self.ln_eps)(x)
 
     x = nn.with_logical_constraint(x, _ACTIVATION)
     x = nn.Dropout(rate=self.dropout)(x, not train)
@@ -345,13 +398,15 @@ class ViT(nn.Module):
         depth=arch["depth"], mlp_dim=arch["mlp_dim"],
         num_heads=arch["num_heads"], dropout=self.dropout,
         drop_path=self.drop_path, scan=self.scan,
-        remat_policy=self.remat_policy, dtype=dtype, name="Transformer",
+        remat_policy=self.remat_policy, dtype=dtype, act=self.act,
+        ln_eps=self.ln_eps, name="Transformer",
     )(x, deterministic=not train)
     out.update(blocks)
     encoded = out["encoded"] = x
 
     if self.pool_type == "map":
-      x = MAPHead(arch["mlp_dim"], arch["num_heads"], dtype=dtype)(x)
+      x = MAPHead(arch["mlp_dim"], arch["num_heads"], dtype=dtype,
+                  act=self.act, ln_eps=self.ln_eps)(x)
     elif self.pool_type == "gap":
       x = jnp.mean(x, axis=1)
     elif self.pool_type == "tok":
@@ -374,7 +429,7 @@ class ViT(nn.Module):
       kernel_init = (nn.initializers.zeros if self.head_zeroinit
                      else nn.initializers.lecun_normal())
       head = nn.Dense(
-          self.num_classes, name="head",
+          self.num_classes, name="head", use_bias=self.head_bias,
           kernel_init=common.partitioned(kernel_init, ("embed", "classes")),
           bias_init=common.partitioned(nn.initializers.zeros, ("classes",)))
       x, x_2d = head(x), head(x_2d)

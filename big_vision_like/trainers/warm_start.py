@@ -10,8 +10,9 @@
       step     the checkpoint step; None: the newest (Orbax runs only).
       format   a key of `model_io.IMPORTERS`: "orbax" (our runs),
                "big_vision_npz" (`file.npz`, or `file.npz:key` for a
-               sub-tree), "safetensors", "timm_vit" (a timm vit_*
-               .safetensors file).
+               sub-tree), "safetensors", and from torch state dicts
+               (.safetensors, .pt/.pth): "timm_vit", "timm_resnet",
+               "timm_bit", "open_clip" (see model_io/__init__.py).
       resample_posemb  resample a position embedding of another grid size
                (fine-tuning at another resolution), bilinearly.
       reinit_head      keep the fresh head (e.g. another number of classes).

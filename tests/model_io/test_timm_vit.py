@@ -92,3 +92,31 @@ def test_another_architecture_fails_listing_the_unknown_names():
   state_dict = _timm_state_dict() | {"reg_token": np.zeros((1, 4, D))}
   with pytest.raises(config_lib.ConfigError, match=r"matches \['reg_token'\]"):
     model_io.timm_vit.convert(state_dict)
+
+
+def test_a_timm_pth_file_gives_timms_logits_with_exact_gelu(
+    timm, torch, tmp_path):
+  """Golden: timm's default (exact, erf) GELU is our act="gelu_exact"; the
+  .pth is read without torch (model_io.torch_pickle)."""
+  torch.manual_seed(0)
+  reference = timm.create_model(
+      "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+      embed_dim=32, depth=2, num_heads=2, num_classes=5).eval()
+  with torch.no_grad():
+    for p in reference.parameters():  # Large enough that the GELUs differ.
+      p.add_(0.3 * torch.randn_like(p))
+    images = torch.randn(2, 3, 32, 32)
+    expected = reference(images).numpy()
+  path = str(tmp_path / "vit.pth")
+  torch.save(reference.state_dict(), path)
+  model = vit.ViT(num_classes=5, pool_type="tok", width=32, depth=2,
+                  num_heads=2, patch_size=8, act="gelu_exact")
+  target = jax.eval_shape(lambda x: flax.core.meta.unbox(model.init(
+      jax.random.key(0), x, train=False)), images.numpy().transpose(
+          0, 2, 3, 1))["params"]
+  fitted, fresh = surgery.fit(model_io.load("timm_vit", path), target)
+  assert not fresh
+  logits, _ = model.apply({"params": tree_paths.to_nested(fitted)},
+                          images.numpy().transpose(0, 2, 3, 1), train=False)
+  assert np.abs(expected).max() > 0.1
+  np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)

@@ -10,6 +10,9 @@ import numpy as np
 import pytest
 
 from big_vision_like import config as config_lib
+from big_vision_like import model_io
+from big_vision_like.model_io import timm_resnet
+from big_vision_like.model_io import torch_names
 from big_vision_like.models import resnet
 
 IMAGES = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
@@ -235,66 +238,24 @@ def _torch_randomize(torch, module, images):
   return module.eval()
 
 
-def _conv(w):
-  return np.asarray(w).transpose(2, 3, 1, 0)  # OIHW -> HWIO.
+def _save_torch(torch, state_dict, path):
+  """timm's files: .safetensors, or a torch.save .pth (read here without
+  torch, by model_io.torch_pickle)."""
+  if path.endswith(".safetensors"):
+    import safetensors.torch  # pylint: disable=import-outside-toplevel
+    safetensors.torch.save_file(state_dict, path)
+  else:
+    torch.save(state_dict, path)
 
 
-def _timm_resnet_to_ours(sd):
-  params, stats = {"conv1": {"kernel": _conv(sd["conv1.weight"])}}, {}
-
-  def bn(ours, theirs, p, s):
-    p[ours] = {"scale": sd[f"{theirs}.weight"], "bias": sd[f"{theirs}.bias"]}
-    s[ours] = {"mean": sd[f"{theirs}.running_mean"],
-               "var": sd[f"{theirs}.running_var"]}
-
-  bn("bn1", "bn1", params, stats)
-  for s in range(1, 5):
-    j = 0
-    while f"layer{s}.{j}.conv1.weight" in sd:
-      t, p, st = f"layer{s}.{j}", {}, {}
-      for i in (1, 2, 3):
-        p[f"conv{i}"] = {"kernel": _conv(sd[f"{t}.conv{i}.weight"])}
-        bn(f"bn{i}", f"{t}.bn{i}", p, st)
-      if f"{t}.downsample.0.weight" in sd:
-        p["downsample_conv"] = {"kernel": _conv(sd[f"{t}.downsample.0.weight"])}
-        bn("downsample_bn", f"{t}.downsample.1", p, st)
-      params[f"layer{s}_{j}"], stats[f"layer{s}_{j}"] = p, st
-      j += 1
-  params["head"] = {"kernel": sd["fc.weight"].T, "bias": sd["fc.bias"]}
-  return {"params": params, "batch_stats": stats}
-
-
-def _timm_bit_to_ours(sd):
-  gn = lambda t: {"scale": sd[f"{t}.weight"][None, None, None],
-                  "bias": sd[f"{t}.bias"][None, None, None]}
-  root = {"conv_root": {"kernel": _conv(sd["stem.conv.weight"])}}
-  params = {"root_block": root,
-            "norm-pre-head": gn("norm"),
-            "head": {"kernel": sd["head.fc.weight"][:, :, 0, 0].T,
-                     "bias": sd["head.fc.bias"]}}
-  for s in range(4):
-    stage, j = {}, 0
-    while f"stages.{s}.blocks.{j}.conv1.weight" in sd:
-      t = f"stages.{s}.blocks.{j}"
-      unit = {f"conv{i}": {"kernel": _conv(sd[f"{t}.conv{i}.weight"])}
-              for i in (1, 2, 3)}
-      unit.update({f"gn{i}": gn(f"{t}.norm{i}") for i in (1, 2, 3)})
-      if f"{t}.downsample.conv.weight" in sd:
-        unit["conv_proj"] = {"kernel": _conv(sd[f"{t}.downsample.conv.weight"])}
-      stage[f"unit{j + 1:02d}"] = unit
-      j += 1
-    params[f"block{s + 1}"] = stage
-  return {"params": params}
-
-
-@pytest.mark.parametrize("timm_name,model,convert", [
+@pytest.mark.parametrize("timm_name,model,convert,suffix", [
     ("resnet50", resnet.ResNet(num_classes=1000, depth=50),
-     _timm_resnet_to_ours),
+     timm_resnet.convert_resnet, "pth"),
     ("resnetv2_50x1_bit", resnet.BiT(num_classes=1000, depth=50),
-     _timm_bit_to_ours),
+     timm_resnet.convert_bit, "safetensors"),
 ])
-def test_matches_timm_for_identical_weights(timm, timm_name, model, convert):
-  import torch  # pylint: disable=import-outside-toplevel
+def test_matches_timm_for_identical_weights(timm, torch, tmp_path, timm_name,
+                                            model, convert, suffix):
   torch.manual_seed(0)
   # Odd sizes (72 -> 36 -> 18 -> 9 -> 5 -> 3) catch asymmetric padding.
   images = torch.randn(2, 3, 72, 72)
@@ -302,10 +263,15 @@ def test_matches_timm_for_identical_weights(timm, timm_name, model, convert):
       torch, timm.create_model(timm_name, pretrained=False), images)
   with torch.no_grad():
     expected = reference(images).numpy()
-  sd = {k: v.numpy() for k, v in reference.state_dict().items()}
-  variables = convert(sd)
-  assert jax.tree.structure(variables["params"]) == jax.tree.structure(
-      _abstract_params(model, size=72))
+  path = str(tmp_path / f"{timm_name}.{suffix}")
+  _save_torch(torch, reference.state_dict(), path)
+  variables = convert(torch_names.read(path))
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      _abstract_variables(model, size=72))
+  # The importer's params are the ones the model_io table gives.
+  fmt = "timm_resnet" if "resnet50" == timm_name else "timm_bit"
+  assert jax.tree.structure(model_io.load(fmt, path)) == jax.tree.structure(
+      variables["params"])
   logits, _ = jax.jit(functools.partial(model.apply, train=False))(
       variables, jnp.asarray(images.numpy().transpose(0, 2, 3, 1)))
   scale = np.abs(expected).max()

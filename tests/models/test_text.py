@@ -153,9 +153,8 @@ def test_bad_field_values_fail_at_construction(kwargs, hint):
     text.TextTransformer(**kwargs)
 
 
-def test_autoregressive_tower_matches_torch_for_identical_weights():
+def test_autoregressive_tower_matches_torch_for_identical_weights(torch):
   """Golden: torch's pre-LN TransformerEncoder with a causal mask."""
-  torch = pytest.importorskip("torch")
   f = torch.nn.functional
   v, l, d, m, h, depth, c = 50, 6, 32, 64, 2, 2, 5
   model = text.TextTransformer(num_classes=c, autoregressive=True, **TINY)

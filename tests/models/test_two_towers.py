@@ -219,6 +219,76 @@ def test_siglip_b16_has_the_published_parameter_count():
   assert 203.1e6 < _num_params(params) < 203.2e6
 
 
+def test_openai_clip_b32_has_the_published_parameter_count():
+  # OpenAI CLIP ViT-B/32 (arxiv.org/abs/2103.00020): 151,277,313 parameters,
+  # as open_clip counts "ViT-B-32-quickgelu". Every field the preset sets
+  # shows in the count: the class token's position (+768), ln_pre (+1536),
+  # and no stem or projection biases (-768 - 512 - 512).
+  model = two_towers.TwoTowers(**two_towers.openai_clip("B/32"))
+  params = jax.eval_shape(
+      lambda rng, x, y: flax.core.meta.unbox(model.init(rng, x, y,
+                                                        train=False)),
+      jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32),
+      jax.ShapeDtypeStruct((1, two_towers.OPENAI_CLIP_MAX_LEN), jnp.int32)
+  )["params"]
+  assert params["img"]["pos_embedding"].shape == (1, 50, 768)
+  assert "bias" not in params["img"]["head"]
+  assert "bias" not in params["img"]["embedding"]
+  assert "bias" not in params["txt"]["head"]
+  assert _num_params(params["img"]) == 87_849_216
+  assert _num_params(params["txt"]) == 63_428_096
+  assert _num_params(params) == 151_277_313
+
+
+def test_argmax_pooling_reads_the_highest_token_of_each_sequence():
+  model = text.TextTransformer(pool_type="argmax", autoregressive=True,
+                               **TINY_TEXT)
+  tokens = jnp.array([[5, 63, 0, 0], [7, 8, 9, 63], [63, 1, 2, 63]])
+  variables = flax.core.meta.unbox(model.init(jax.random.key(0), tokens,
+                                              train=False))
+  _, out = model.apply(variables, tokens, train=False)
+  encoded = np.asarray(out["encoded"])
+  # The end-of-text position; the first one on ties, as torch's argmax.
+  np.testing.assert_array_equal(out["pre_logits"], encoded[[0, 1, 2],
+                                                           [1, 3, 0]])
+
+
+def test_class_token_position_embedding_is_added_to_the_class_token():
+  image = vit.ViT(pool_type="tok", cls_posemb=True, **TINY_IMAGE)
+  variables = flax.core.meta.unbox(image.init(jax.random.key(0), IMAGES,
+                                              train=False))
+  params = variables["params"]
+  assert params["pos_embedding"].shape == (1, 1 + 4 * 4, 32)
+  # Folding its class position into "cls" (big_vision's layout) gives the
+  # same model.
+  folded = vit.ViT(pool_type="tok", **TINY_IMAGE)
+  folded_params = {**params, "cls": params["cls"] + params[
+      "pos_embedding"][:, :1], "pos_embedding": params["pos_embedding"][:, 1:]}
+  want, _ = folded.apply({"params": folded_params}, IMAGES, train=False)
+  got, _ = image.apply(variables, IMAGES, train=False)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,hint", [
+    (dict(cls_posemb=True, pool_type="gap"), "cls_posemb=True"),
+    (dict(cls_posemb=True, pool_type="tok", posemb="sincos2d"),
+     "posemb='learn'"),
+    (dict(act="quickgelu"), "Did you mean 'quick_gelu'"),
+])
+def test_bad_clip_fields_fail_at_construction(kwargs, hint):
+  with pytest.raises(config_lib.ConfigError, match=hint):
+    vit.ViT(**kwargs)
+
+
+def test_quick_gelu_is_openai_clips_formula():
+  x = jnp.linspace(-4, 4, 9)
+  np.testing.assert_allclose(vit.ACTIVATIONS["quick_gelu"](x),
+                             x / (1 + np.exp(-1.702 * np.asarray(x))),
+                             rtol=1e-6)
+  with pytest.raises(config_lib.ConfigError, match="Unknown text act"):
+    text.TextTransformer(act="relu")
+
+
 def test_sigmoid_loss_matches_optax_binary_cross_entropy():
   zimg = jax.random.normal(jax.random.key(3), (4, 6))
   ztxt = jax.random.normal(jax.random.key(4), (4, 6))
