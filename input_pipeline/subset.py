@@ -46,6 +46,15 @@ def per_class_indices(labels_N: np.ndarray, num_classes: int, shots: int,
   return np.concatenate(picked)
 
 
+def _records(source: Sequence[Example], chunk: int = 1024):
+  """Every record of `source`, read in chunks where it can (TFDS)."""
+  getitems = getattr(source, "__getitems__", None)
+  for start in range(0, len(source), chunk):
+    indices = range(start, min(start + chunk, len(source)))
+    yield from (getitems(list(indices)) if getitems
+                else (source[i] for i in indices))
+
+
 class ClassSubset(Sequence[Example]):
   """The records of `source` whose label is in `classes`, relabelled."""
 
@@ -66,8 +75,8 @@ class ClassSubset(Sequence[Example]):
     self._source = source
     self._label_key = label_key
     new_label = {int(c): i for i, c in enumerate(classes)}
-    labels = np.array([new_label.get(int(source[i][label_key]), -1)
-                       for i in range(len(source))], np.int64)
+    labels = np.array([new_label.get(int(r[label_key]), -1)
+                       for r in _records(source)], np.int64)
     kept = np.flatnonzero(labels >= 0)
     if per_class is not None:
       try:
