@@ -27,10 +27,11 @@ Arguments (`:key=value,...`):
              target data (frozen features of the model being trained).
   steps, batch, lr, seed, runlocal (smoke mode: 2 steps).
 
-Expected: on the transfer demo (pretraining on digits 0-4 with
-configs/demo.py:classes=0-4, then this config on 5-9 with 10 shots), full
-fine-tuning reaches about 0.9 test accuracy against about 0.6 from scratch;
-see README.md for the figures measured by benchmarks/transfer_demo.py.
+Expected: in the transfer demo (benchmarks/transfer_demo.py: pretraining
+on digits 0-4 with configs/demo.py:classes=0-4, then this config on 5-9 with
+lr=0.001,steps=150), full fine-tuning on 10 shots scored 0.739 test accuracy
+on 5-9 (from scratch, same images and recipe: 0.761); 1 shot: 0.378 (0.306).
+README.md has the whole table.
 """
 
 import ml_collections
