@@ -1,4 +1,4 @@
-r"""Fine-tune (or probe) a pretrained model on a TFDS dataset or an image folder.
+r"""Fine-tune (or probe) a pretrained model on a TFDS dataset or image folder.
 
   python main.py --config=configs/transfer.py:model=demo,init=workdirs/demo04,dataset=sklearn_digits,classes=5-9,shots=10 --workdir=workdirs/ft59
 

@@ -7,8 +7,8 @@ penalty l2 of `l2_regs`, the weights W [D, C] and bias b [C] minimise
   mean_i CE(softmax(x_i W + b), y_i) + l2 / 2 * ||W||^2
 
 (the bias is not penalised): scikit-learn's LogisticRegression with
-C = 1 / (l2 * n), solved here by full-batch L-BFGS (optax) under jit, until the gradient norm is below `tol` or after
-`max_iter` iterations.
+C = 1 / (l2 * n), solved here by full-batch L-BFGS (optax) under jit, until
+the gradient norm is below `tol` or after `max_iter` iterations.
 
 The penalty with the best accuracy on the validation split wins (ties: the
 larger penalty); the probe is then refitted with it on train + validation
@@ -21,7 +21,7 @@ Arrays: "l2_regs" and "val_accuracy" [len(l2_regs)].
 
   evals.linear = dict(
       type="linear_probe", data=dict(name="sklearn_digits", split="train"),
-      test_data=dict(name="sklearn_digits", split="test"), pp=..., 
+      test_data=dict(name="sklearn_digits", split="test"), pp=...,
       batch_size=360)
 """
 

@@ -15,11 +15,11 @@ Example config (`config.optim`, `config.schedule`):
 
   optim = dict(name="adamw", lr=1e-3, wd=1e-4, b2=0.95, mu_dtype="bfloat16",
                grad_clip_norm=1.0, frozen=["embedding/.*"])
+  schedule = dict(warmup_steps=10_000, decay_type="cosine")
   optim = dict(name="adamw", lr=1e-3, layer_decay=0.75)  # Fine-tuning.
 
 `layer_decay` multiplies the lr of each parameter by layer_decay ** (L + 1 -
 layer), its depth counted in ViT blocks or ResNet stages (layer_decay.py).
-  schedule = dict(warmup_steps=10_000, decay_type="cosine")
 """
 
 from __future__ import annotations
