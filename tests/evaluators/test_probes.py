@@ -136,11 +136,12 @@ def _probe_configs(data_dir: str) -> dict[str, dict]:
   }
 
 
-def _built(data_dir: str, mesh_cfg) -> dict[str, evaluators.base.Evaluator]:
+def _built(data_dir: str, mesh_cfg, names=("fewshot", "linear", "knn")
+           ) -> dict[str, evaluators.base.Evaluator]:
   mesh = sharding.make_mesh(mesh_cfg)
   data_sharding = sharding.data_sharding(mesh, sharding.rules_preset("fsdp"))
   return {name: evaluators.build(name, cfg, _Fake(), data_sharding)
-          for name, cfg in _probe_configs(data_dir).items()}
+          for name, cfg in _probe_configs(data_dir).items() if name in names}
 
 
 def _scalars(results: dict[str, evaluators.Results]) -> dict[str, float]:
@@ -184,6 +185,9 @@ def test_probes_on_digit_pixels_score_as_references_on_1_and_8_devices(
   stdout, stderr = eight.communicate(timeout=600)
   assert eight.returncode == 0, stderr[-5000:]
   got = json.loads(stdout.strip().splitlines()[-1])
+  # The linear probe reads the same gathered splits; its solver is not run
+  # twice, to save its compilation.
+  del results["linear"]
   assert got == pytest.approx(_scalars(results), abs=1e-6)
 
 
@@ -207,4 +211,5 @@ if __name__ == "__main__":
   assert jax.device_count() == 8, jax.devices()
   print(json.dumps(_scalars({
       name: ev.run({}, {}) for name, ev in
-      _built(sys.argv[1], [("data", 2), ("fsdp", 4)]).items()})))
+      _built(sys.argv[1], [("data", 2), ("fsdp", 4)],
+             names=("fewshot", "knn")).items()})))

@@ -59,5 +59,6 @@ def test_digits_subset_from_config(digits_data_dir):
                           data_dir=digits_data_dir))
   test = sources.from_config(data)
   full = sources.get_source("sklearn_digits", "test", digits_data_dir)
-  assert len(test) == sum(int(r["label"]) >= 5 for r in full)
+  assert len(test) == sum(int(full[i]["label"]) >= 5
+                          for i in range(len(full)))
   assert {int(r["label"]) for r in test} == {0, 1, 2, 3, 4}
