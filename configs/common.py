@@ -128,3 +128,56 @@ def image_text_evals(*, crop: int, batch_size: int, every_steps: int,
           pp=f'{image}|keep("image")',
           batch_size=batch_size, every_steps=every_steps),
   }
+
+
+# ------------------------------------------------------------ transfer
+
+
+def parse_classes(text: str) -> list[int]:
+  """Class labels of a config argument: "5-9" -> [5, 6, 7, 8, 9]; ranges
+  and single labels joined by "+" ("0-2+7" -> [0, 1, 2, 7]); "" -> []."""
+  classes = []
+  for part in filter(None, text.split("+")):
+    first, dash, last = part.partition("-")
+    try:
+      classes += (list(range(int(first), int(last) + 1)) if dash
+                  else [int(first)])
+    except ValueError:
+      raise config_lib.ConfigError(
+          f"classes={text!r}: give labels and ranges joined by '+', e.g. "
+          "'5-9' or '0-2+7'.") from None
+  if len(set(classes)) != len(classes):
+    raise config_lib.ConfigError(f"classes={text!r} repeats a label.")
+  return classes
+
+
+def classification_pp(size: int, num_classes: int, *,
+                      decode: str = "decode") -> str:
+  """Resize to size x size in [-1, 1], one-hot "labels" of num_classes."""
+  return (f"{decode}|resize({size})|value_range(-1, 1)"
+          f'|onehot({num_classes}, key="label", key_result="labels")'
+          '|keep("image", "labels")')
+
+
+def with_classes(data: dict[str, Any], classes: list[int], *,
+                 per_class: int | None = None, seed: int = 0
+                 ) -> dict[str, Any]:
+  """`data` restricted to `classes` (relabelled 0..len-1), optionally
+  per_class records of each (input_pipeline/subset.py); `data` itself when
+  classes is empty and per_class None."""
+  if not classes and per_class is None:
+    return data
+  return dict(kind="class_subset", source=data, classes=classes,
+              per_class=per_class, seed=seed)
+
+
+def probe_evals(train: dict[str, Any], test: dict[str, Any], pp: str, *,
+                batch_size: int, shots: tuple[int, ...] = (1, 5, 10, 25),
+                seeds: int = 3) -> dict[str, Any]:
+  """Few-shot, linear probe and k-NN on frozen features, fitted on `train`
+  and scored on `test` (evaluators/fewshot.py, linear_probe.py, knn.py)."""
+  common = dict(data=train, test_data=test, pp=pp, batch_size=batch_size,
+                pred="features")
+  return {"fewshot": dict(type="fewshot", shots=shots, seeds=seeds, **common),
+          "linear_probe": dict(type="linear_probe", **common),
+          "knn": dict(type="knn", ks=(10, 20), **common)}

@@ -18,6 +18,8 @@ defaults are in the signatures:
        text_ext="txt", json_key=None, num_captions=None)
   dict(kind="mixture", sources=[dict(...), dict(...)], weights=[3, 1],
        seed=0, length=None, source_key=None)
+  dict(kind="class_subset", source=dict(...), classes=[5, 6, 7, 8, 9],
+       per_class=None, seed=0)              # Relabelled 0..4; see subset.py.
 
 Folders, captions and shards convert to TFDS datasets with
 `python -m input_pipeline.convert` (see there).
@@ -54,6 +56,7 @@ from input_pipeline import digits_captions
 from input_pipeline import folder
 from input_pipeline import image_text
 from input_pipeline import mixture
+from input_pipeline import subset
 from input_pipeline import tfds_parse
 
 # Builders we ship; built into data_dir on first use, with no network.
@@ -243,6 +246,19 @@ def mixture_source(sources: Sequence[Mapping[str, Any]],
                          seed=seed, length=length, source_key=source_key)
 
 
+def class_subset_source(source: Mapping[str, Any], classes: Sequence[int],
+                        per_class: int | None = None, seed: int = 0,
+                        label_key: str = "label") -> subset.ClassSubset:
+  """kind="class_subset": `source` is itself a data dict (any kind); see
+  `input_pipeline.subset`."""
+  if not isinstance(source, Mapping) and not hasattr(source, "to_dict"):
+    raise checks.ConfigError(
+        "data.source of a class_subset must be a data dict, e.g. "
+        "dict(name='sklearn_digits', split='train').")
+  return subset.ClassSubset(from_config(source), classes, per_class, seed,
+                            label_key)
+
+
 # data.kind -> the function or class that builds the source from the other
 # keys of `data` (its keyword arguments).
 SOURCE_KINDS: dict[str, Callable[..., Sequence[dict[str, Any]]]] = {
@@ -252,6 +268,7 @@ SOURCE_KINDS: dict[str, Callable[..., Sequence[dict[str, Any]]]] = {
     "image_text": image_text.ImageTextFiles,
     "webdataset": image_text.WebDataset,
     "mixture": mixture_source,
+    "class_subset": class_subset_source,
 }
 
 
@@ -289,6 +306,8 @@ def check_config(cfg: Mapping[str, Any]
     for source in kwargs["sources"]:
       if isinstance(source, Mapping):
         check_config(source)
+  if kind == "class_subset" and isinstance(kwargs.get("source"), Mapping):
+    check_config(kwargs["source"])
   return factory, kwargs
 
 

@@ -21,6 +21,9 @@ from big_vision_like import objectives
 from big_vision_like.evaluators import base
 from big_vision_like.evaluators import classification
 from big_vision_like.evaluators import classification_report
+from big_vision_like.evaluators import fewshot
+from big_vision_like.evaluators import knn
+from big_vision_like.evaluators import linear_probe
 from big_vision_like.evaluators import retrieval
 from big_vision_like.evaluators import zero_shot
 from big_vision_like.evaluators.base import Results  # noqa: F401
@@ -31,6 +34,9 @@ EVALUATORS: dict[str, Any] = {
     "classification_report": classification_report.Evaluator,
     "zero_shot": zero_shot.Evaluator,
     "retrieval": retrieval.Evaluator,
+    "fewshot": fewshot.Evaluator,
+    "linear_probe": linear_probe.Evaluator,
+    "knn": knn.Evaluator,
 }
 
 

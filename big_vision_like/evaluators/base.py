@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Protocol
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from big_vision_like import checks
 from big_vision_like.objectives.base import PredictFn
@@ -79,6 +80,13 @@ class Results:
     if self.headline not in self.scalars:
       raise ValueError(f"headline {self.headline!r} is not one of the "
                        f"scalars {sorted(self.scalars)}.")
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole global array on this host (gathered from all processes)."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 class Evaluator(Protocol):

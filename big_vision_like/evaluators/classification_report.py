@@ -40,7 +40,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from big_vision_like import checks
 from big_vision_like import metrics
@@ -130,13 +129,6 @@ def _eval_step(predict_fn: PredictFn, multilabel: bool):
   return jax.jit(eval_step)
 
 
-def _to_host(x: jax.Array) -> np.ndarray:
-  """The whole global array on this host (gathered from all processes)."""
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 class Evaluator(base.DatasetEvaluator):
   """See the module docstring for what it reports."""
 
@@ -163,9 +155,9 @@ class Evaluator(base.DatasetEvaluator):
     for batch in (split or self).batches():
       batch_logits, counts = self._step(params, model_state, batch)
       confusion = counts if confusion is None else confusion + counts
-      keep = _to_host(batch["_mask"]).astype(bool)
-      logits.append(_to_host(batch_logits)[keep])
-      labels.append(_to_host(batch["labels"])[keep])
+      keep = base.to_host(batch["_mask"]).astype(bool)
+      logits.append(base.to_host(batch_logits)[keep])
+      labels.append(base.to_host(batch["labels"])[keep])
     if confusion is None or not sum(len(x) for x in logits):
       raise ValueError("The evaluation split is empty.")
     return (np.concatenate(logits).astype(np.float64),

@@ -16,6 +16,10 @@ Example config (`config.optim`, `config.schedule`):
   optim = dict(name="adamw", lr=1e-3, wd=1e-4, b2=0.95, mu_dtype="bfloat16",
                nu_dtype=None, grad_clip_norm=1.0, frozen=["embedding/.*"])
   schedule = dict(warmup_steps=10_000, decay_type="cosine")
+  optim = dict(name="adamw", lr=1e-3, layer_decay=0.75)  # Fine-tuning.
+
+`layer_decay` multiplies the lr of each parameter by layer_decay ** (L + 1 -
+layer), its depth counted in ViT blocks or ResNet stages (layer_decay.py).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from big_vision_like.config import ConfigError
 from big_vision_like.config import accepted_kwargs
 from big_vision_like.config import closest
 from big_vision_like.config import lookup
+from big_vision_like.optim import layer_decay as layer_decay_lib
 from big_vision_like.optim import masks
 from big_vision_like.optim import schedules
 from big_vision_like.optim.optimizers import OPTIMIZERS
@@ -51,6 +56,8 @@ _FOREIGN_NAMES = {
     "gradient_accumulation_steps": "accum_steps",
     "beta1": "b1",
     "beta2": "b2",
+    "layer_wise_decay": "layer_decay",
+    "lr_layer_decay": "layer_decay",
     "epsilon": "eps",
 }
 
@@ -63,6 +70,7 @@ class Common:
   wd: float = 0.0
   wd_mults: Sequence[tuple[str, float]] = ((".*/kernel$", 1.0),)
   lr_mults: Sequence[tuple[str, float]] = ()
+  layer_decay: float | None = None
   frozen: Sequence[str] = ()
   grad_clip_norm: float | None = None
   accum_steps: int = 1
@@ -75,6 +83,9 @@ class Common:
     if self.grad_clip_norm is not None and self.grad_clip_norm < 0:
       raise ConfigError("optim.grad_clip_norm must be > 0 (or 0/None for no "
                         f"clipping), got {self.grad_clip_norm}.")
+    if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+      raise ConfigError("optim.layer_decay must be in (0, 1] (e.g. 0.75), or "
+                        f"None for no decay; got {self.layer_decay}.")
     if int(self.accum_steps) != self.accum_steps or self.accum_steps < 1:
       raise ConfigError("optim.accum_steps must be an integer >= 1, got "
                         f"{self.accum_steps}.")
@@ -172,6 +183,9 @@ def make(optim_cfg: Mapping[str, Any], schedule_cfg: Mapping[str, Any],
   txs.append(optax.scale(common.lr))
   txs += _scale_by_rules(lr_rules, lambda m, mask: optax.masked(
       optax.scale(m), mask), default=1.0)
+  if common.layer_decay is not None:
+    txs.append(layer_decay_lib.scale_by_layer_decay(params,
+                                                    common.layer_decay))
   if common.wd:
     txs += _scale_by_rules(wd_rules, lambda m, mask: optax.add_decayed_weights(
         common.wd * m, mask), default=0.0)
