@@ -9,7 +9,15 @@ import sys
 
 import pytest
 
-from input_pipeline import sources
+# The golden extra's torch brings triton, whose bundled LLVM segfaults when
+# its library loads after TensorFlow's (any timm or open_clip import does
+# that); loaded first, both work. Without the extra there is nothing to load.
+try:
+  import triton  # noqa: F401  # pylint: disable=unused-import
+except ImportError:
+  pass
+
+from input_pipeline import sources  # noqa: E402  # Imports TensorFlow.
 
 
 @pytest.fixture(scope="session")

@@ -287,6 +287,7 @@ def _timm_bit_to_ours(sd):
   return {"params": params}
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("timm_name,model,convert", [
     ("resnet50", resnet.ResNet(num_classes=1000, depth=50),
      _timm_resnet_to_ours),

@@ -153,6 +153,7 @@ def test_bad_field_values_fail_at_construction(kwargs, hint):
     text.TextTransformer(**kwargs)
 
 
+@pytest.mark.golden
 def test_autoregressive_tower_matches_torch_for_identical_weights():
   """Golden: torch's pre-LN TransformerEncoder with a causal mask."""
   torch = pytest.importorskip("torch")
