@@ -57,6 +57,11 @@ class _KeysRead(Mapping):
     self._batch, self.read = batch, []
 
   def __getitem__(self, key: str) -> Any:
+    if key not in self._batch:
+      raise checks.ConfigError(
+          f"A predict function reads batch['{key}'], which the config's pp "
+          f"does not give (it gives {', '.join(sorted(self._batch))}); add "
+          "it to the pp, or export other predict functions (--predict).")
     if key not in self.read:
       self.read.append(key)
     return self._batch[key]
@@ -124,10 +129,10 @@ def from_objective(objective: objectives.Objective, params: PyTree,
       "functions": {name: {
           "inputs": {k: _describe_spec(s) for k, s in inputs[name].items()},
           "output": outputs[name]} for name in names},
-      "note": ("Inputs are batches of the model's inputs as the pp specs "
-               "below leave them (decoded, resized, value_range applied); "
+      "note": ("Inputs are batches of the model's inputs as the config's "
+               "pp specs leave them (decoded, resized, value_range applied); "
                "that preprocessing is not part of the exported functions. "
-               "A null dimension is the batch size, any size works."),
+               "A null dimension is the batch size: any size works."),
       **(description or {})}
   return Serving(variables, wrapped, inputs, facts)
 

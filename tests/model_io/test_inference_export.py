@@ -5,7 +5,6 @@ embeddings, and a BatchNorm model's logits with its running statistics."""
 
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -25,34 +24,10 @@ from big_vision_like.model_io import jax_exported
 from big_vision_like.model_io import orbax_run
 from big_vision_like.model_io import saved_model
 from big_vision_like.model_io import serving
-from big_vision_like.trainers import train
-from configs import demo
+from tests.model_io import tiny_run
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 TOL = dict(rtol=1e-5, atol=1e-5)
-PP = ('decode|resize(8)|value_range(-1, 1)|onehot(10, key="label", '
-      'key_result="labels")|keep("image", "labels")')
-
-
-def _config(data_dir: str):
-  """configs/demo.py:runlocal, tiny: a 1-block ViT of width 16 on 8x8."""
-  config = config_lib.resolve(demo.get_config("runlocal"))
-  config_lib.apply_overrides(config, {
-      "model.width": 16, "model.depth": 1, "model.mlp_dim": 32,
-      "model.num_heads": 2, "input.pp": PP, "input.data.data_dir": data_dir,
-      "evals.test.pp": PP, "evals.test.batch_size": 64,
-      "evals.test.data.split": "test[:64]",
-      "evals.test.data.data_dir": data_dir})
-  return config
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, digits_data_dir):
-  """(config, workdir) of a 4-step run of the tiny ViT."""
-  workdir = tmp_path_factory.mktemp("run")
-  config = _config(digits_data_dir)
-  assert train.run(config, str(workdir)) == 0
-  return config, workdir
+PP = tiny_run.pp(8, 10)
 
 
 def _images(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
@@ -85,6 +60,12 @@ def _call_in_fresh_process(path, tmp_path, **inputs) -> np.ndarray:
       text=True, timeout=120)
   assert done.returncode == 0, done.stderr
   return np.load(tmp_path / "out.npy")
+
+
+@pytest.fixture(name="run")
+def _run(pretrained, digits_data_dir):
+  """(config, workdir) of the shared tiny run (conftest.py)."""
+  return tiny_run.config(tiny_run.overrides(digits_data_dir)), pretrained
 
 
 def test_jax_export_of_a_run_gives_its_logits_in_a_fresh_process(
@@ -212,6 +193,16 @@ def test_batchnorm_statistics_are_part_of_the_exported_function(tmp_path):
   loaded = tf.saved_model.load(str(tmp_path / "saved_model"))
   np.testing.assert_allclose(loaded.logits(tf.constant(images))["logits"],
                              expected, **TOL)
+
+
+def test_an_input_the_pp_does_not_give_fails_naming_it():
+  image = {"image": jax.ShapeDtypeStruct((8, 8, 3), np.float32)}
+  objective, params, state = _objective_and_variables(
+      _BatchNormNet(), {"name": "supervised"}, image)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"reads batch\['image'\].*gives text\)"):
+    serving.from_objective(objective, params, state, {
+        "text": jax.ShapeDtypeStruct((6,), np.int32)})
 
 
 def test_bad_export_requests_fail_naming_the_fix(run, tmp_path):
