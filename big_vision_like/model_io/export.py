@@ -35,6 +35,7 @@ from absl import flags
 from big_vision_like import checkpoint as ckpt_lib
 from big_vision_like import config as config_lib
 from big_vision_like import model_io
+from big_vision_like import objectives
 from big_vision_like import setup
 from big_vision_like.inference import predict as predict_lib
 from big_vision_like.trainers import resume
@@ -49,13 +50,16 @@ FORMATS = {**model_io.EXPORTERS, **model_io.FUNCTION_EXPORTERS}
 
 
 def _restore(config: ml_collections.ConfigDict, workdir: str,
-             step: int | None):
-  """(step, objective, example specs, params, model_state) of `workdir`."""
+             step: int | None, predict: Sequence[str] = ()):
+  """(step, objective, example specs, params, model_state) of `workdir`;
+  the names `predict` are checked before anything is read."""
   if jax.process_count() > 1:
     raise config_lib.ConfigError(
         "Export on one process: it gathers every parameter onto this host.")
   config = config_lib.resolve(config)
   objective = setup.validate(config)
+  for name in predict:
+    objectives.predict_fn(objective, name, "--predict")
   resume.find_checkpoints(workdir, "--workdir")  # Before opening any data.
   env = setup.make_env(config)
   mock = (sources.mock_data(config.mock_examples) if config.mock_examples
@@ -100,12 +104,15 @@ def read_serving(config: ml_collections.ConfigDict, workdir: str,
     ConfigError: an unknown predict function, or see `read_params`.
   """
   step, objective, examples, params, model_state = _restore(
-      config, workdir, step)
+      config, workdir, step, predict or ())
   config = config_lib.resolve(config)
   # The evaluators' pp specs without label ops, as --mode=predict uses them.
-  eval_pp = {f"evals.{name}.{k}": preprocess.drop_ops(
-      v, predict_lib.LABEL_OPS) for name, ev in config.evals.items()
-             for k, v in ev.items() if k.startswith("pp") and v}
+  eval_pp = {}
+  for name, ev in config.evals.items():
+    for key, spec in ev.items():
+      if key.startswith("pp") and spec:
+        eval_pp[f"evals.{name}.{key}"] = preprocess.drop_ops(
+            spec, predict_lib.LABEL_OPS)
   return step, model_io.serving.from_objective(
       objective, params, model_state, examples, predict, description={
           "pp": {"train": config.input.pp, **eval_pp},

@@ -208,8 +208,9 @@ def test_an_input_the_pp_does_not_give_fails_naming_it():
 def test_bad_export_requests_fail_naming_the_fix(run, tmp_path):
   config, workdir = run
   with pytest.raises(config_lib.ConfigError, match="Did you mean 'logits'"):
-    export.run(config, str(workdir), "jax_export", str(tmp_path / "a"),
-               predict=["logit"])
+    # Checked before the (here missing) run is read.
+    export.run(config, str(tmp_path / "none"), "jax_export",
+               str(tmp_path / "a"), predict=["logit"])
   with pytest.raises(config_lib.ConfigError, match="Remove --predict"):
     export.run(config, str(workdir), "safetensors", str(tmp_path / "b"),
                predict=["logits"])
