@@ -9,7 +9,15 @@ import sys
 
 import pytest
 
-from input_pipeline import sources
+# The golden extra's torch brings triton, whose bundled LLVM segfaults when
+# its library loads after TensorFlow's (any timm or open_clip import does
+# that); loaded first, both work. Without the extra there is nothing to load.
+try:
+  import triton  # noqa: F401  # pylint: disable=unused-import
+except ImportError:
+  pass
+
+from input_pipeline import sources  # noqa: E402  # Imports TensorFlow.
 
 
 # Fixtures that import an optional reference implementation; a test that
@@ -26,11 +34,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _import_golden(name: str):
   """Imports `name` (a torch package) for golden tests, or skips."""
-  # CUDA torch wheels import triton with torch._dynamo (timm, torchvision);
-  # libtriton segfaults once TensorFlow (loaded by input_pipeline) is in the
-  # process. CPU golden tests compile nothing, so import torch without it.
-  sys.modules.setdefault("triton", None)
-  pytest.importorskip("torch")
+  pytest.importorskip("torch")  # (triton, if any, is loaded above.)
   try:
     return __import__(name)
   except ImportError as e:

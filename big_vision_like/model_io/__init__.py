@@ -12,6 +12,11 @@ position embedding resampling, a new head), explicitly; `load_into` does
 both and places the result on the model's shardings. Fine-tuning uses it
 through `config.init_from` (trainers/resume.py); `export.py` is the command
 that writes a run's params to a file.
+
+The inference function itself (predict functions with the weights, see
+serving.py) goes out through a third table:
+
+  FUNCTION_EXPORTERS[format](serving, path)
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ import jax
 from big_vision_like import config as config_lib
 from big_vision_like.checkpoint import tree_paths
 from big_vision_like.model_io import clip
+from big_vision_like.model_io import jax_exported
 from big_vision_like.model_io import npz
 from big_vision_like.model_io import orbax_run
 from big_vision_like.model_io import safetensors_format
+from big_vision_like.model_io import saved_model
+from big_vision_like.model_io import serving
 from big_vision_like.model_io import surgery
 from big_vision_like.model_io import timm_resnet
 from big_vision_like.model_io import timm_vit
@@ -51,6 +59,11 @@ IMPORTERS: dict[str, Callable[[str, int | None], Params]] = {
 EXPORTERS: dict[str, Callable[[Mapping[str, Any], str], None]] = {
     "big_vision_npz": npz.save,
     "safetensors": safetensors_format.save,
+}
+
+FUNCTION_EXPORTERS: dict[str, Callable[[serving.Serving, str], None]] = {
+    "jax_export": jax_exported.save,       # dir/NAME.jax_exported (StableHLO).
+    "tf_saved_model": saved_model.save,    # A SavedModel dir, via jax2tf.
 }
 
 

@@ -19,39 +19,9 @@ from big_vision_like.model_io import export
 from big_vision_like.model_io import orbax_run
 from big_vision_like.model_io import surgery
 from big_vision_like.trainers import train
-from configs import demo
+from tests.model_io import tiny_run
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _pp(size: int, classes: int) -> str:
-  return (f"decode|resize({size})|value_range(-1, 1)|onehot({classes}, "
-          'key="label", key_result="labels")|keep("image", "labels")')
-
-
-def _overrides(data_dir: str, size: int = 8, classes: int = 10) -> dict:
-  """configs/demo.py:runlocal, tiny: 2x2 patches of 4 at `size` 8."""
-  return {
-      "model.width": 16, "model.depth": 1, "model.mlp_dim": 32,
-      "model.num_heads": 2, "model.num_classes": classes,
-      "input.pp": _pp(size, classes), "input.data.data_dir": data_dir,
-      "evals.test.pp": _pp(size, classes), "evals.test.batch_size": 64,
-      "evals.test.data.split": "test[:64]",
-      "evals.test.data.data_dir": data_dir}
-
-
-def _config(overrides: dict):
-  config = config_lib.resolve(demo.get_config("runlocal"))
-  config_lib.apply_overrides(config, overrides)
-  return config
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, digits_data_dir) -> pathlib.Path:
-  """The workdir of a 4-step run at 8x8 pixels with 10 classes."""
-  workdir = tmp_path_factory.mktemp("pretrained")
-  assert train.run(_config(_overrides(digits_data_dir)), str(workdir)) == 0
-  return workdir
 
 
 def _assert_bitwise_equal(a: dict, b: dict) -> None:
@@ -63,7 +33,7 @@ def _assert_bitwise_equal(a: dict, b: dict) -> None:
 
 def test_exported_npz_reads_back_bitwise_with_identical_logits(
     pretrained, digits_data_dir, tmp_path):
-  config = _config(_overrides(digits_data_dir))
+  config = tiny_run.config(tiny_run.overrides(digits_data_dir))
   out = str(tmp_path / "model.npz")
   assert export.run(config, str(pretrained), "big_vision_npz", out) == 0
   params = orbax_run.load(str(pretrained))
@@ -80,7 +50,7 @@ def test_the_export_command_writes_safetensors_that_read_back_bitwise(
     pretrained, digits_data_dir, tmp_path):
   out = tmp_path / "model.safetensors"
   flags = [f"--config.{k}={v!r}" for k, v in
-           _overrides(digits_data_dir).items()]
+           tiny_run.overrides(digits_data_dir).items()]
   done = subprocess.run(
       [sys.executable, "-m", "big_vision_like.model_io.export",
        "--config=configs/demo.py:runlocal", f"--workdir={pretrained}",
@@ -94,7 +64,7 @@ def test_the_export_command_writes_safetensors_that_read_back_bitwise(
 
 def test_export_of_a_missing_run_or_format_fails_naming_the_fix(
     digits_data_dir, tmp_path):
-  config = _config(_overrides(digits_data_dir))
+  config = tiny_run.config(tiny_run.overrides(digits_data_dir))
   with pytest.raises(config_lib.ConfigError, match="Did you mean 'safet"):
     export.run(config, str(tmp_path), "safetensor", str(tmp_path / "x"))
   with pytest.raises(config_lib.ConfigError, match="no checkpoint in"):
@@ -104,22 +74,22 @@ def test_export_of_a_missing_run_or_format_fails_naming_the_fix(
 def test_fine_tuning_from_npz_at_higher_resolution_with_a_new_head(
     pretrained, digits_data_dir, tmp_path):
   npz_path = str(tmp_path / "model.npz")
-  config = _config(_overrides(digits_data_dir))
+  config = tiny_run.config(tiny_run.overrides(digits_data_dir))
   assert export.run(config, str(pretrained), "big_vision_npz", npz_path) == 0
   # 16x16 pixels: a 4x4 grid of patches instead of 2x2; 12 classes, not 10.
   # No learning rate nor weight decay: the initial weights stay, to compare.
-  tune = {**_overrides(digits_data_dir, size=16, classes=12),
+  tune = {**tiny_run.overrides(digits_data_dir, size=16, classes=12),
           "optim.lr": 0.0, "optim.wd": 0.0, "total_steps": 2,
           "init_from": dict(path=npz_path, format="big_vision_npz")}
   with pytest.raises(config_lib.ConfigError) as error:
-    train.run(_config(tune), str(tmp_path / "refused"))
+    train.run(tiny_run.config(tune), str(tmp_path / "refused"))
   assert "init_from.resample_posemb=True" in str(error.value)
   assert "init_from.reinit_head=True" in str(error.value)
 
   tune["init_from"] = dict(path=npz_path, format="big_vision_npz",
                            resample_posemb=True, reinit_head=True)
   workdir = tmp_path / "tuned"
-  assert train.run(_config(tune), str(workdir)) == 0
+  assert train.run(tiny_run.config(tune), str(workdir)) == 0
   tuned = tree_paths.from_nested(orbax_run.load(str(workdir)))
   old = tree_paths.from_nested(model_io.load("big_vision_npz", npz_path))
   for name, x in tuned.items():
@@ -134,10 +104,10 @@ def test_fine_tuning_from_npz_at_higher_resolution_with_a_new_head(
 
 def test_a_scanned_model_starts_from_a_looped_orbax_run_with_a_new_head(
     pretrained, digits_data_dir, tmp_path):
-  tune = {**_overrides(digits_data_dir, classes=12), "model.scan": True,
+  tune = {**tiny_run.overrides(digits_data_dir, classes=12), "model.scan": True,
           "optim.lr": 0.0, "optim.wd": 0.0, "total_steps": 2,
           "init_from": dict(path=str(pretrained), reinit_head=True)}
-  assert train.run(_config(tune), str(tmp_path)) == 0
+  assert train.run(tiny_run.config(tune), str(tmp_path)) == 0
   tuned = tree_paths.from_nested(orbax_run.load(str(tmp_path)))
   old = tree_paths.from_nested(orbax_run.load(str(pretrained)))
   block = "Transformer/encoderblock/MlpBlock_0/Dense_0/kernel"

@@ -291,6 +291,7 @@ def _timm_to_ours(state_dict, num_heads):
   return params
 
 
+@pytest.mark.golden
 def test_vit_ti16_matches_timm_for_identical_weights(timm):
   import torch  # pylint: disable=import-outside-toplevel
   torch.manual_seed(0)
