@@ -56,11 +56,15 @@ def make_train_step(loss_fn: Callable[..., Any],
                     tx: optax.GradientTransformation,
                     lr_fn: Callable[[jax.Array], jax.Array],
                     base_rng: jax.Array
-                    ) -> Callable[[TrainState, PyTree],
-                                  tuple[TrainState, dict]]:
-  """Returns `step(state, batch) -> (state, metrics)`, pure and jit-able.
+                    ) -> Callable[..., tuple[TrainState, dict]]:
+  """Returns `step(state, batch, *frozen) -> (state, metrics)`, pure and
+  jit-able.
 
-  `loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))`.
+  `loss_fn(params, model_state, batch, rng, *frozen) -> (loss, (metrics,
+  model_state))`; `frozen` are variables the loss reads but never trains (a
+  distillation teacher, `objectives.base.WithFrozen`): arguments of the
+  step, not part of the state, so they get no gradient, no optimizer state
+  and are never checkpointed. Most objectives have none.
   The step's randomness is `fold_in(base_rng, state.step)`, so a resumed run
   draws the same numbers as an uninterrupted one.
 
@@ -71,11 +75,12 @@ def make_train_step(loss_fn: Callable[..., Any],
   reports `train/nonfinite = 1`. So the state never holds NaN or Inf.
   """
 
-  def step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict]:
+  def step(state: TrainState, batch: PyTree, *frozen: PyTree
+           ) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(base_rng, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (metrics, model_state)), grads = grad_fn(
-        state.params, state.model_state, batch, rng)
+        state.params, state.model_state, batch, rng, *frozen)
     # In float32: the squares of float16 gradients overflow too early.
     grad_norm = optax.global_norm(
         jax.tree.map(lambda g: g.astype(jnp.float32), grads))
@@ -110,18 +115,19 @@ def make_train_step(loss_fn: Callable[..., Any],
 
 def make_minimal_train_step(loss_fn: Callable[..., Any],
                             tx: optax.GradientTransformation
-                            ) -> Callable[[TrainState, PyTree],
-                                          tuple[TrainState, jax.Array]]:
+                            ) -> Callable[..., tuple[TrainState, jax.Array]]:
   """Forward, loss, gradient and optimizer update; no guard, no metrics.
 
   The reference the benchmarks and tests compare `make_train_step` with: its
   compile time and HLO size are what the model and optimizer cost alone.
   """
 
-  def step(state: TrainState, batch: PyTree) -> tuple[TrainState, jax.Array]:
+  def step(state: TrainState, batch: PyTree, *frozen: PyTree
+           ) -> tuple[TrainState, jax.Array]:
     rng = jax.random.fold_in(jax.random.key(0), state.step)
     (loss, (_, model_state)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params, state.model_state, batch, rng)
+        loss_fn, has_aux=True)(state.params, state.model_state, batch, rng,
+                               *frozen)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     return state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates),

@@ -1,0 +1,53 @@
+r"""Knowledge distillation on the embedded digits: a small ViT student learns
+from the demo ViT (configs/demo.py) by function matching, against the same
+student trained from labels for the same steps.
+
+  python main.py --config=configs/demo.py --workdir=workdirs/demo  # Teacher.
+  python main.py --config=configs/distill_demo.py --workdir=workdirs/distill
+  python main.py --config=configs/distill_demo.py:labels \
+      --workdir=workdirs/distill_labels                      # The baseline.
+
+The student (width 32, depth 1, patch 4: 15k parameters, 1/50 of the
+teacher) sees a quarter of the train split (`train[:25%]`, 359 images) for
+300 steps of batch 64, with mixup on: distilled, every mixed image gets the
+teacher's answer; from labels, only the mixed one-hot labels. Expected (see
+the README for the measured figures): the distilled student ahead of the
+label-trained one by several points of test top-1, each run about a minute
+on 2 CPU cores. `:teacher=WORKDIR` names another teacher run (default
+workdirs/demo); `:seed=N` repeats with another seed; `:runlocal` is a
+smoke run (it still needs the teacher's workdir).
+"""
+
+import ml_collections
+
+from configs import common
+from configs import demo
+
+STUDENT = dict(num_classes=10, width=32, depth=1, mlp_dim=64, num_heads=2,
+               patch_size=(4, 4), pool_type="gap", posemb="learn")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, teacher="workdirs/demo", labels=False, seed=0,
+                         runlocal=False)
+  c = demo.get_config("runlocal" if arg.runlocal else None)
+  c.seed = arg.seed
+  c.input.data.split = "train[:25%]"
+  c.input.batch_size = 64
+  c.model = dict(STUDENT)
+  c.optim = dict(name="adamw", lr=0.003, wd=0.0001, grad_clip_norm=1.0)
+  c.schedule = dict(warmup_steps=30, decay_type="cosine")
+  mixing = dict(mixup_alpha=1.0)
+  if arg.labels:
+    c.objective = dict(name="supervised", loss="softmax_xent", mixing=mixing)
+  else:
+    c.objective = dict(
+        name="distill", temperature=2.0, alpha=0.0, mixing=mixing,
+        teacher=dict(model_name=demo.get_config().model_name,
+                     model=demo.get_config().model.to_dict(),
+                     init=dict(path=arg.teacher, format="orbax")))
+  if not arg.runlocal:
+    c.total_steps = 300
+    c.evals.test.every_steps = 150
+    c.ckpt_every_steps = 150
+  return c
