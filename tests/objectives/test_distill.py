@@ -7,14 +7,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from big_vision_like import checks
+from big_vision_like import flops
 from big_vision_like import mixing
 from big_vision_like import model_io
 from big_vision_like import models
 from big_vision_like import objectives
+from big_vision_like import setup
 from big_vision_like.objectives import distill
+from big_vision_like.trainers import state as state_lib
 
 TEACHER = dict(num_classes=5, width=16, depth=1, mlp_dim=32, num_heads=2,
                patch_size=(4, 4), pool_type="gap", head_zeroinit=False)
@@ -211,3 +215,38 @@ def test_a_teacher_file_is_read_through_model_io(tmp_path):
                            models.build("vit", STUDENT))
   with pytest.raises(checks.ConfigError, match="do not fit the model"):
     _load(other)
+
+
+def test_train_flops_charge_the_teacher_a_forward_pass_only():
+  objective = _objective()
+  params, teacher = _variables(objective)
+  batch = {"image": IMAGE,
+           "labels": jax.ShapeDtypeStruct((4, 5), jnp.float32)}
+  abstract = setup.abstract_variables(objective, batch, jax.random.key(0))
+  forward = lambda model, variables: flops.count(
+      lambda v, x: model.apply(v, x, train=False), variables, IMAGE)
+  expected = (flops.TRAIN_FACTOR * forward(objective.model, {"params": params})
+              + forward(objective.teacher, teacher))
+  assert setup.train_flops(objective, abstract, batch, (teacher,)) == expected
+
+
+def test_train_steps_leave_the_teacher_untouched_and_out_of_the_optimizer():
+  objective = _objective(temperature=2.0)
+  params, teacher = _variables(objective)
+  initial = jax.tree.map(np.array, params)
+  teacher_before = jax.tree.map(np.array, teacher)
+  tx = optax.adam(1e-2)
+  state = state_lib.create({"params": params}, tx)
+  step = jax.jit(state_lib.make_train_step(
+      objective.loss, tx, lambda s: 1e-2, jax.random.key(0)),
+                 donate_argnums=(0,))
+  for _ in range(2):
+    state, metrics = step(state, _batch(), teacher)
+  assert int(metrics["train/nonfinite"]) == 0
+  jax.tree.map(np.testing.assert_array_equal, teacher, teacher_before)
+  moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), state.params,
+                       initial)
+  assert all(jax.tree.leaves(moved))  # Every student leaf trained.
+  student = sum(x.size for x in jax.tree.leaves(initial))
+  assert sum(x.size for x in jax.tree.leaves(state.opt_state)
+             if x.ndim) == 2 * student  # Adam's moments of the student only.
