@@ -124,7 +124,7 @@ def test_resume_is_exact_and_a_changed_teacher_is_refused(
     shutil.move(aside, newest)
 
 
-@pytest.mark.integration
+@pytest.mark.slow  # About 2 min on 2 busy cores: a fresh process compiles.
 def test_two_devices_with_a_sharded_teacher_train_as_one(
     distilled, teacher_dir, digits_data_dir, cache_dir, tmp_path):
   workdir = tmp_path / "w2dev"
