@@ -97,14 +97,16 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
         objective, tx, batch_spec, init_rng, env, config.sharding.overrides)
     state = setup.create_train_state(objective, tx, batch_spec, init_rng,
                                      shardings)
-    formula = setup.train_flops(objective, abstract_vars, batch_spec)
+    frozen = setup.frozen_variables(objective, batch_spec, env)
+    formula = setup.train_flops(objective, abstract_vars, batch_spec,
+                                frozen.args)
     train_iter.start()
     with sharding.use_mesh(env.mesh, env.rules):
       t = time.perf_counter()
       step_fn = setup.compile_train_step(
           objective, tx, lr_fn, step_rng, abstract_state, shardings,
-          batch_spec, env, setup.microbatches(config, objective,
-                                              env.data_sharding))
+          batch_spec, env, frozen.args,
+          setup.microbatches(config, objective, env.data_sharding))
       compile_s = time.perf_counter() - t
       t = time.perf_counter()
       minimal = jax.jit(
@@ -112,14 +114,14 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
           donate_argnums=(0,)).lower(abstract_state, {
               k: jax.ShapeDtypeStruct(v.shape, v.dtype,
                                       sharding=env.data_sharding)
-              for k, v in batch_spec.items()}).compile()
+              for k, v in batch_spec.items()}, *frozen.args).compile()
       compile_minimal_s = time.perf_counter() - t
       times, waits = [], []
       for i in range(total):
         t = time.perf_counter()
         batch = next(train_iter)
         wait = time.perf_counter() - t
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, batch, *frozen.args)
         jax.block_until_ready((state, metrics))
         if i >= warmup:
           times.append(time.perf_counter() - t)

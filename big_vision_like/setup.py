@@ -6,6 +6,8 @@ and the benchmarks call these named functions instead of copying them.
   make_env            mesh, logical rules and the data sharding
   train_input         the train batches, prefetched onto the devices
   abstract_variables  the model's variables as shapes (boxed, with axes)
+  frozen_variables    what the objective reads but never trains (a
+                      distillation teacher), placed on the mesh
   train_flops         model FLOPs of a train step
   sharded_train_state the train state's abstract arrays with shardings
   create_train_state  a fresh train state, born sharded
@@ -26,6 +28,8 @@ import ml_collections
 import optax
 
 from big_vision_like import checks
+from big_vision_like.checkpoint import integrity
+from big_vision_like.checkpoint import tree_paths
 from big_vision_like import evaluators
 from big_vision_like import flops
 from big_vision_like import models
@@ -58,6 +62,16 @@ class Env:
   mesh: jax.sharding.Mesh
   rules: sharding.LogicalRules
   data_sharding: jax.sharding.NamedSharding
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+  """Variables an objective reads but never trains (`objectives.WithFrozen`,
+  e.g. a distillation teacher): `args` follow the batch into the train step
+  (() for most objectives); `record` (JSON: source and digest, None without
+  any) goes into each checkpoint's metadata."""
+  args: tuple[PyTree, ...] = ()
+  record: dict[str, Any] | None = None
 
 
 def _check_loop_keys(config: ml_collections.ConfigDict) -> None:
@@ -215,17 +229,50 @@ def abstract_variables(objective: objectives.Objective, batch_spec: BatchSpec,
   return jax.eval_shape(objective.init, rng, batch_spec)
 
 
+def frozen_variables(objective: objectives.Objective, batch_spec: BatchSpec,
+                     env: Env) -> Frozen:
+  """The objective's frozen variables, read and placed on `env`'s mesh with
+  the model's logical sharding rules (not `config.sharding.overrides`, whose
+  patterns name the trained model's params); `Frozen()` if it has none.
+
+  Raises:
+    ConfigError: a missing path, or weights that do not fit (the objective
+      says which).
+  """
+  if not isinstance(objective, objectives.WithFrozen):
+    return Frozen()
+  boxed = objective.abstract_frozen(batch_spec)
+  abstract = _with_shardings(
+      nn.unbox(boxed), sharding.param_shardings(boxed, env.mesh, env.rules))
+  variables, source = objective.load_frozen(abstract)
+  # Digests on device, as checkpoints get them: independent of the sharding
+  # and the file format the weights came in.
+  checked = integrity.check_leaves(tree_paths.flatten(variables)[0])
+  if bad := [name for name, (finite, _) in checked.items() if not finite]:
+    raise checks.ConfigError(
+        f"The frozen variables from {source} hold NaN or Inf in: "
+        f"{', '.join(bad[:10])}. Load a finite checkpoint.")
+  digest = integrity.json_digest({n: d for n, (_, d) in checked.items()})
+  return Frozen((variables,), {**source, "digest": digest})
+
+
 def train_flops(objective: objectives.Objective, abstract_vars: PyTree,
-                batch_spec: BatchSpec) -> int:
+                batch_spec: BatchSpec, frozen: tuple[PyTree, ...] = ()
+                ) -> int:
   """Model FLOPs of one train step on a global batch: the matmuls and
-  convolutions of the loss's forward pass, times `flops.TRAIN_FACTOR`."""
+  convolutions of the loss's forward pass, times `flops.TRAIN_FACTOR`; a
+  frozen model's forward (`objectives.WithFrozen`) counts once."""
   variables = nn.unbox(abstract_vars)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype)
            for k, v in batch_spec.items()}
-  return flops.TRAIN_FACTOR * flops.count(
+  total = flops.TRAIN_FACTOR * flops.count(
       objective.loss, variables["params"],
       {k: v for k, v in variables.items() if k != "params"}, batch,
-      jax.random.key(0))
+      jax.random.key(0), *frozen)
+  if frozen:  # No backward pass through it.
+    total -= (flops.TRAIN_FACTOR - 1) * flops.count(
+        objective.frozen_apply, *frozen, batch)
+  return total
 
 
 def num_params(abstract_vars: PyTree) -> int:
@@ -270,20 +317,27 @@ def compile_train_step(objective: objectives.Objective,
                        lr_fn: Callable[[jax.Array], jax.Array],
                        step_rng: jax.Array, abstract_state: PyTree,
                        state_shardings: PyTree, batch_spec: BatchSpec,
-                       env: Env, microbatches: int = 1) -> Any:
-  """The train step, jitted with explicit shardings and donated state, and
-  compiled for `abstract_state` and `batch_spec` (call it under
-  `sharding.use_mesh(env.mesh, env.rules)`); `microbatches` from
-  `setup.microbatches`."""
+                       env: Env, frozen: tuple[PyTree, ...] = (),
+                       microbatches: int = 1) -> Any:
+  """The train step `step(state, batch, *frozen)`, jitted with explicit
+  shardings and donated state, and compiled for `abstract_state`,
+  `batch_spec` and the placed `frozen` arrays (`Frozen.args`, kept on their
+  shardings and not donated); `microbatches` from `setup.microbatches`. Call
+  it under `sharding.use_mesh(env.mesh, env.rules)`."""
   abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
                                             sharding=env.data_sharding)
                     for k, v in batch_spec.items()}
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
+  abstract_frozen = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      frozen)
   return jax.jit(
       state_lib.make_train_step(objective.loss, tx, lr_fn, step_rng,
                                 microbatches),
-      in_shardings=(state_shardings, env.data_sharding),
+      in_shardings=(state_shardings, env.data_sharding, *frozen_shardings),
       out_shardings=(state_shardings, sharding.replicated(env.mesh)),
-      donate_argnums=(0,)).lower(abstract_state, abstract_batch).compile()
+      donate_argnums=(0,)).lower(abstract_state, abstract_batch,
+                                 *abstract_frozen).compile()
 
 
 def restore_variables(workdir: str, step: int | None,

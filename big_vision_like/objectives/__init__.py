@@ -15,13 +15,16 @@ import flax.linen as nn
 
 from big_vision_like import checks
 from big_vision_like.objectives import contrastive
+from big_vision_like.objectives import distill
 from big_vision_like.objectives import supervised
 from big_vision_like.objectives.base import Objective
 from big_vision_like.objectives.base import PredictFn  # noqa: F401
+from big_vision_like.objectives.base import WithFrozen  # noqa: F401
 
 OBJECTIVES: dict[str, Any] = {
     "supervised": supervised.Supervised,
     "contrastive": contrastive.Contrastive,
+    "distill": distill.Distill,
 }
 
 

@@ -12,12 +12,17 @@ An objective owns a model and says three things about it:
     the objective itself, as in big_vision.
 
 `input_keys` lists the batch keys `loss` reads; the loop feeds only those.
+
+An objective that also reads variables it never trains (a distillation
+teacher) is a `WithFrozen` as well: those variables live outside the train
+state (no optimizer state, not in checkpoints) and reach the jitted step as
+one more argument, `loss(params, model_state, batch, rng, frozen)`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import flax.linen as nn
 import jax
@@ -52,6 +57,35 @@ class Objective(Protocol):
   def predict_fns(self) -> Mapping[str, PredictFn]:
     """Named predict functions, the same objects on every access (so that
     evaluators asking for the same one share its compiled step)."""
+
+
+@runtime_checkable
+class WithFrozen(Protocol):
+  """An objective whose loss also reads frozen variables (e.g. a teacher).
+
+  `setup.frozen_variables` places them on the mesh with the model's
+  sharding rules and passes them to the step after the batch; the train
+  state never holds them, so they get no gradient, no optimizer state and
+  are not saved with the checkpoints (a checkpoint's metadata records where
+  they came from and their digest).
+  """
+
+  def abstract_frozen(self, batch_spec: Mapping[str, jax.ShapeDtypeStruct]
+                      ) -> PyTree:
+    """The frozen variables as boxed ShapeDtypeStructs (logical axes kept),
+    e.g. {"params": ..., "batch_stats": ...}."""
+
+  def load_frozen(self, abstract: PyTree) -> tuple[PyTree, dict[str, Any]]:
+    """(the variables, read onto `abstract`'s shardings; a JSON dict naming
+    their source, for the checkpoint metadata).
+
+    Raises:
+      ConfigError: a missing path, or weights that do not fit.
+    """
+
+  def frozen_apply(self, frozen: PyTree, batch: Batch) -> jax.Array:
+    """The frozen model's forward pass on `batch`, as the loss runs it (the
+    FLOPs count charges it no backward pass)."""
 
 
 def apply_model(model: nn.Module, params: PyTree, model_state: PyTree,

@@ -10,6 +10,10 @@
     A checkpoint of a different model fails listing the differing leaves.
   * `load_variables`: the params and model state of a run's checkpoint,
     without its optimizer state (evaluation, and `warm_start.init_from`).
+  * `check_frozen`: the variables an objective reads but never trains (a
+    distillation teacher) are not in the checkpoints but reloaded from their
+    source at each launch; a relaunch whose copy differs from the one the
+    checkpoints were trained with (by digest) is refused.
 """
 
 from __future__ import annotations
@@ -45,12 +49,16 @@ _SHOWN = 20  # Differences listed in an error message.
 PyTree = Any
 
 
-def metadata(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
-             ) -> dict[str, Any]:
+def metadata(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+             frozen: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """What a checkpoint records besides the state: config, versions, mesh,
-  and the tokenizer spec of the train pp (None if it tokenizes nothing; see
-  `text_pp.spec`), with the hash of its model file."""
+  the tokenizer spec of the train pp (None if it tokenizes nothing; see
+  `text_pp.spec`) with the hash of its model file, and the source and digest
+  of the frozen variables (`setup.Frozen.record`) if the objective reads
+  any."""
+  extra = {} if frozen is None else {"frozen": dict(frozen)}
   return {
+      **extra,
       "config": json.loads(config.to_json_best_effort()),
       "tokenizer": text_pp.spec(config.input.pp),
       "versions": {"jax": jax.__version__, "flax": flax.__version__,
@@ -105,6 +113,35 @@ def check_relaunch(config: ml_collections.ConfigDict, directory: str) -> None:
         f"config ({len(diff)} keys differ: {shown}). Use a new --workdir, or "
         "pass --config.allow_config_change=True to resume this run with the "
         "new config.")
+
+
+def check_frozen(record: Mapping[str, Any] | None, directory: str,
+                 allow_change: bool) -> None:
+  """Refuses to resume with other frozen variables than the checkpoints
+  were trained with (`setup.Frozen.record`: source and digest).
+
+  Raises:
+    ConfigError: the newest checkpoint's metadata records frozen variables
+      with another digest (or none, or the run had none), and not
+      `allow_change` (which logs a warning instead).
+  """
+  if not ckpt_lib.committed_steps(directory):
+    return
+  old = ckpt_lib.read_metadata(directory).get("frozen")
+  if (old or {}).get("digest") == (record or {}).get("digest"):
+    return
+  message = (
+      f"The checkpoints in '{directory}' were trained with frozen variables "
+      f"(a distillation teacher) {old}, but this launch loaded {record}: the "
+      "teacher changed (e.g. its run saved a newer step, or the file was "
+      "replaced). Point config.objective.teacher.init at the weights the run "
+      "started with (e.g. set its step), use a new --workdir")
+  if not allow_change:
+    raise config_lib.ConfigError(
+        message + ", or pass --config.allow_config_change=True to continue "
+        "with the new teacher.")
+  log.warning("%s; continuing with the new one (allow_config_change).",
+              message)
 
 
 def _params_first(names: Any) -> list[str]:

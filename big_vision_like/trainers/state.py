@@ -54,7 +54,8 @@ def _all_finite(tree: PyTree) -> jax.Array:
 
 def accumulate_grads(loss_fn: Callable[..., Any], microbatches: int
                      ) -> Callable[..., Any]:
-  """`value_and_grad(loss_fn, has_aux=True)`, over `microbatches` slices.
+  """`value_and_grad(loss_fn, has_aux=True)`, over `microbatches` slices of
+  the batch (the loss's later arguments, e.g. frozen variables, whole).
 
   With k > 1 micro-batches the batch is cut into k slices of B / k examples
   and `lax.scan` computes one slice's forward and backward at a time, so the
@@ -74,18 +75,18 @@ def accumulate_grads(loss_fn: Callable[..., Any], microbatches: int
   def slices(x: jax.Array) -> jax.Array:  # (B, ...) -> (k, B / k, ...)
     return jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 1, 0)
 
-  def accumulated(params, model_state, batch, rng):
+  def accumulated(params, model_state, batch, rng, *frozen):
     def body(carry, xs):
       sums, model_state = carry
       j, micro = xs
       (loss, (metrics, model_state)), grads = grad_fn(
-          params, model_state, micro, jax.random.fold_in(rng, j))
+          params, model_state, micro, jax.random.fold_in(rng, j), *frozen)
       sums = jax.tree.map(jnp.add, sums, (loss, metrics, grads))
       return (sums, model_state), None
 
     micro_spec = jax.tree.map(lambda x: x[0], jax.tree.map(slices, batch))
     (loss, (metrics, _)), grads = jax.eval_shape(
-        grad_fn, params, model_state, micro_spec, rng)
+        grad_fn, params, model_state, micro_spec, rng, *frozen)
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
                          (loss, metrics, grads))
     (sums, model_state), _ = jax.lax.scan(
@@ -101,11 +102,15 @@ def make_train_step(loss_fn: Callable[..., Any],
                     tx: optax.GradientTransformation,
                     lr_fn: Callable[[jax.Array], jax.Array],
                     base_rng: jax.Array, microbatches: int = 1,
-                    ) -> Callable[[TrainState, PyTree],
-                                  tuple[TrainState, dict]]:
-  """Returns `step(state, batch) -> (state, metrics)`, pure and jit-able.
+                    ) -> Callable[..., tuple[TrainState, dict]]:
+  """Returns `step(state, batch, *frozen) -> (state, metrics)`, pure and
+  jit-able.
 
-  `loss_fn(params, model_state, batch, rng) -> (loss, (metrics, model_state))`.
+  `loss_fn(params, model_state, batch, rng, *frozen) -> (loss, (metrics,
+  model_state))`; `frozen` are variables the loss reads but never trains (a
+  distillation teacher, `objectives.base.WithFrozen`): arguments of the
+  step, not part of the state, so they get no gradient, no optimizer state
+  and are never checkpointed. Most objectives have none.
   The step's randomness is `fold_in(base_rng, state.step)`, so a resumed run
   draws the same numbers as an uninterrupted one. `microbatches`: see
   `accumulate_grads`.
@@ -117,11 +122,12 @@ def make_train_step(loss_fn: Callable[..., Any],
   reports `train/nonfinite = 1`. So the state never holds NaN or Inf.
   """
 
-  def step(state: TrainState, batch: PyTree) -> tuple[TrainState, dict]:
+  def step(state: TrainState, batch: PyTree, *frozen: PyTree
+           ) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(base_rng, state.step)
     grad_fn = accumulate_grads(loss_fn, microbatches)
     (loss, (metrics, model_state)), grads = grad_fn(
-        state.params, state.model_state, batch, rng)
+        state.params, state.model_state, batch, rng, *frozen)
     # In float32: the squares of float16 gradients overflow too early.
     grad_norm = optax.global_norm(
         jax.tree.map(lambda g: g.astype(jnp.float32), grads))
@@ -156,18 +162,19 @@ def make_train_step(loss_fn: Callable[..., Any],
 
 def make_minimal_train_step(loss_fn: Callable[..., Any],
                             tx: optax.GradientTransformation
-                            ) -> Callable[[TrainState, PyTree],
-                                          tuple[TrainState, jax.Array]]:
+                            ) -> Callable[..., tuple[TrainState, jax.Array]]:
   """Forward, loss, gradient and optimizer update; no guard, no metrics.
 
   The reference the benchmarks and tests compare `make_train_step` with: its
   compile time and HLO size are what the model and optimizer cost alone.
   """
 
-  def step(state: TrainState, batch: PyTree) -> tuple[TrainState, jax.Array]:
+  def step(state: TrainState, batch: PyTree, *frozen: PyTree
+           ) -> tuple[TrainState, jax.Array]:
     rng = jax.random.fold_in(jax.random.key(0), state.step)
     (loss, (_, model_state)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(state.params, state.model_state, batch, rng)
+        loss_fn, has_aux=True)(state.params, state.model_state, batch, rng,
+                               *frozen)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     return state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates),

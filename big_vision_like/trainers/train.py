@@ -153,7 +153,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
                          nn.unbox(abstract_vars["params"]), total_steps)
   log.info("Model %s: %s parameters.", config.model_name,
            f"{setup.num_params(abstract_vars):,}")
-  flops_per_step = setup.train_flops(objective, abstract_vars, batch_spec)
+  # What the objective reads but never trains (a distillation teacher):
+  # placed on the mesh once, an argument of the step, never checkpointed.
+  frozen = setup.frozen_variables(objective, batch_spec, env)
+  flops_per_step = setup.train_flops(objective, abstract_vars, batch_spec,
+                                     frozen.args)
   peak_flops, peak_source = hardware.peak_flops_per_device(
       str(config.model.get("dtype", None) or "float32"))
   log.info("%.3g model FLOPs a step; peak %.3g FLOP/s per device (%s).",
@@ -169,6 +173,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       ckpt_dir, keep_last=config.keep_ckpts,
       keep_every=config.keep_ckpt_every_steps)))
   resume.check_relaunch(config, ckpt_dir)
+  resume.check_frozen(frozen.record, ckpt_dir, config.allow_config_change)
   if ckpt.latest_step() is not None:
     step, state, data_state = resume.restore(ckpt, abstract_state)
     train_iter.set_state(data_state)
@@ -191,8 +196,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     t = time.perf_counter()
     train_step = setup.compile_train_step(
         objective, tx, lr_fn, step_rng, abstract_state, state_shardings,
-        batch_spec, env, setup.microbatches(config, objective,
-                                            env.data_sharding))
+        batch_spec, env, frozen.args,
+        setup.microbatches(config, objective, env.data_sharding))
     log.info("Compiled the train step in %.1f s.", time.perf_counter() - t)
 
     # --------------------------------------------------------------- evaluators
@@ -203,7 +208,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     # --------------------------------------------------------------------- loop
     writer = cleanup.enter_context(contextlib.closing(
         metric_writer.MetricWriter(workdir)))
-    metadata = resume.metadata(config, env.mesh)
+    metadata = resume.metadata(config, env.mesh, frozen.record)
 
     def save(at_step: int, state: state_lib.TrainState) -> None:
       ckpt.save(at_step, state, data_state=train_iter.get_state(),
@@ -229,7 +234,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
       batch = next(train_iter)
       window.data_wait += time.perf_counter() - t
       window.data_skipped = train_iter.get_state()["num_skipped"]
-      state, metrics = train_step(state, batch)
+      state, metrics = train_step(state, batch, *frozen.args)
       step += 1
       # Step t-1's metrics come to the host once step t is queued.
       if (code := _finish_step(pending, window, config)) is not None:

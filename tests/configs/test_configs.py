@@ -56,12 +56,14 @@ def test_config_resolves_and_validates(name, arg):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("name", [n for n in CONFIGS
-                                  if n not in ("demo.py", "transfer.py")])
+@pytest.mark.parametrize(
+    "name", [n for n in CONFIGS
+             if n not in ("demo.py", "transfer.py", "distill_demo.py")])
 def test_config_trains_in_smoke_mode(name, tmp_path, digits_data_dir,
                                      run_main):
   # demo.py's smoke run is covered by tests/test_main.py, transfer.py's by
-  # tests/configs/test_transfer.py.
+  # tests/configs/test_transfer.py; distill_demo.py's needs a teacher run and
+  # is in tests/trainers/test_distill_train.py.
   result = run_main(tmp_path / "w", data_dir=digits_data_dir,
                     config=f"configs/{name}:runlocal", timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
