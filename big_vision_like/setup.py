@@ -247,7 +247,7 @@ def frozen_variables(objective: objectives.Objective, batch_spec: BatchSpec,
   variables, source = objective.load_frozen(abstract)
   # Digests on device, as checkpoints get them: independent of the sharding
   # and the file format the weights came in.
-  checked = integrity.check_leaves(tree_paths.flatten(variables)[0])
+  checked = integrity.checks(tree_paths.flatten(variables)[0])
   if bad := [name for name, (finite, _) in checked.items() if not finite]:
     raise checks.ConfigError(
         f"The frozen variables from {source} hold NaN or Inf in: "

@@ -149,7 +149,7 @@ class Checkpointer:
     background = self._background_checks(named)
     if not background:
       record_args = ocp.args.JsonSave(self._integrity_record(
-          step, named, json_items, integrity.check_leaves(named)))
+          step, named, json_items, integrity.checks(named)))
     if not self._make_room(step, force):
       return
     returned = threading.Event()
@@ -169,15 +169,14 @@ class Checkpointer:
       returned.set()
 
   def _background_checks(self, named: Mapping[str, jax.Array]) -> bool:
-    """Whether to digest host views in orbax's thread, not on device first.
+    """Whether to digest host views in orbax's background thread, not first.
 
-    On CPU devices the host views cost nothing and the device pass would
-    take the loop's cores; on accelerators the device pass is fast and a
-    host view would be a second device-to-host copy. Several processes each
-    hold only their shards' partial sums, so they use the device pass.
+    Where host views are free (CPU devices, one process): there the device
+    pass would take the loop's cores anyway. On accelerators the device
+    pass is fast and a host view would be a second device-to-host copy;
+    several processes each hold only their shards' partial sums.
     """
-    return (self._async and jax.process_count() == 1 and all(
-        d.platform == "cpu" for x in named.values() for d in x.devices()))
+    return self._async and integrity.on_host(named)
 
   def _background_record(self, step: int, named: Mapping[str, jax.Array],
                          json_items: Mapping[str, Any],

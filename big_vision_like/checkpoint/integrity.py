@@ -19,16 +19,19 @@ Integer sums wrap exactly and commute, so any sharding or reduction order
 gives the same result. It costs about one `isfinite` pass over the state.
 
 Two implementations compute the same digests: `check_leaves` (jitted, on
-device; restores and multi-process saves use it) and `host_checks`, over
-host views of the local shards (`host_views`), which an asynchronous save
-runs in orbax's background thread so the loop does not wait for it.
+device: accelerators and several processes) and `host_checks`, numpy over
+host views of the local shards (`host_views`: free on CPU devices, and no
+compiles); `checks` picks one. An asynchronous save on CPU runs the host
+checks in orbax's background thread, so the loop does not wait for them.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -177,26 +180,46 @@ def _host_sums(words: np.ndarray, starts: tuple[int, ...],
   return sums
 
 
+def _host_leaf_checks(shape: tuple[int, ...], dtype: np.dtype,
+                      shards: list[tuple[tuple[slice, ...], np.ndarray]]
+                      ) -> tuple[bool, str]:
+  finite, sums = True, np.zeros(2, np.uint32)
+  for index, data in shards:
+    if np.issubdtype(dtype, np.inexact) or dtype == jnp.bfloat16:
+      finite = finite and bool(np.isfinite(data).all())
+    words = _host_words(data)
+    word_shape = shape + words.shape[len(shape):]
+    starts = tuple(s.indices(n)[0] for s, n in zip(index, shape))
+    starts += (0,) * (words.ndim - len(starts))
+    with np.errstate(over="ignore"):
+      sums += _host_sums(words, starts, word_shape)
+  return finite, f"{int(sums[0]):08x}{int(sums[1]):08x}"
+
+
 def host_checks(views: HostViews) -> dict[str, tuple[bool, str]]:
   """`check_leaves` computed in numpy over this process's `host_views`.
 
   Equal to `check_leaves` for fully addressable arrays; with several
-  processes each holds partial sums of its own shards only.
+  processes each holds partial sums of its own shards only. Leaves are
+  hashed on a thread per core (numpy releases the GIL in its loops).
   """
-  out = {}
-  for name, (shape, dtype, shards) in views.items():
-    finite, sums = True, np.zeros(2, np.uint32)
-    for index, data in shards:
-      if np.issubdtype(dtype, np.inexact) or dtype == jnp.bfloat16:
-        finite = finite and bool(np.isfinite(data).all())
-      words = _host_words(data)
-      word_shape = shape + words.shape[len(shape):]
-      starts = tuple(s.indices(n)[0] for s, n in zip(index, shape))
-      starts += (0,) * (words.ndim - len(starts))
-      with np.errstate(over="ignore"):
-        sums += _host_sums(words, starts, word_shape)
-    out[name] = (finite, f"{int(sums[0]):08x}{int(sums[1]):08x}")
-  return out
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    results = pool.map(lambda v: _host_leaf_checks(*v), views.values())
+    return dict(zip(views, results))
+
+
+def on_host(named: Mapping[str, jax.Array]) -> bool:
+  """Whether `host_checks` suits `named`: one process (whole arrays) and CPU
+  devices, where host views are free and the numpy hash needs no compiles."""
+  return jax.process_count() == 1 and all(
+      d.platform == "cpu" for x in named.values() for d in x.devices())
+
+
+def checks(named: Mapping[str, jax.Array]) -> dict[str, tuple[bool, str]]:
+  """`check_leaves`, or `host_checks` where `on_host` (same results)."""
+  if on_host(named):
+    return host_checks(host_views(named))
+  return check_leaves(named)
 
 
 def json_digest(obj: Any) -> str:
@@ -249,7 +272,7 @@ def verify(leaves: Mapping[str, LeafRecord], json_digests: Mapping[str, str],
     state_item: the item name reported for array problems.
   """
   problems = []
-  for name, (finite, digest) in check_leaves(restored).items():
+  for name, (finite, digest) in checks(restored).items():
     if not finite:
       problems.append((state_item, f"leaf '{name}' has non-finite values"))
     elif digest != leaves[name].digest:
