@@ -6,9 +6,19 @@ import os
 import pathlib
 import subprocess
 import sys
+from typing import Any, NamedTuple
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 import pytest
 
+from big_vision_like import models
+from big_vision_like import objectives
+from input_pipeline import pipeline
+from input_pipeline import preprocess
 from input_pipeline import sources
 
 
@@ -39,3 +49,75 @@ def _run_main(workdir, *args, data_dir: str,
 def run_main():
   """`run_main(workdir, *flags, data_dir=..., config=...)` runs main.py."""
   return _run_main
+
+
+def demo_pp(size: int) -> str:
+  """The demo's eval pp spec at image side `size`."""
+  return (f"decode|resize({size})|value_range(-1, 1)"
+          '|onehot(10, key="label", key_result="labels")'
+          '|keep("image", "labels")')
+
+
+class TrainedDemo(NamedTuple):
+  objective: Any
+  params: Any
+  model_state: Any
+  pp: str
+  test_images: np.ndarray   # [360, size, size, 3] float32, model inputs.
+  test_labels: np.ndarray   # [360, 10] one-hot.
+  accuracy: float           # On the test split.
+
+
+def _digits(data_dir: str, split: str, pp: str) -> dict[str, np.ndarray]:
+  source = sources.get_source("sklearn_digits", split, data_dir)
+  iterator = pipeline.make_eval_iterator(
+      source, preprocess.build(pp), global_batch_size=len(source),
+      process_index=0, process_count=1)
+  return next(iter(iterator))
+
+
+@pytest.fixture(scope="session")
+def train_demo(digits_data_dir):
+  """`train_demo(model_name, model_kwargs, size=16, steps=150)`: a model
+  trained briefly (Adam, batch 64) on the demo digits, cached per session so
+  that test modules share one; returns a `TrainedDemo`."""
+  cache = {}
+
+  def train(model_name: str, model_kwargs: dict, size: int = 16,
+            steps: int = 150, seed: int = 0) -> TrainedDemo:
+    key = (model_name, tuple(sorted(model_kwargs.items())), size, steps, seed)
+    if key in cache:
+      return cache[key]
+    pp = demo_pp(size)
+    train_data = _digits(digits_data_dir, "train", pp)
+    test = _digits(digits_data_dir, "test", pp)
+    objective = objectives.build(
+        dict(name="supervised"), models.build(model_name, model_kwargs))
+    variables = nn.unbox(objective.init(jax.random.key(seed), {
+        "image": jax.ShapeDtypeStruct(test["image"].shape, jnp.float32)}))
+    params = variables.pop("params")
+    tx = optax.adam(optax.warmup_cosine_decay_schedule(0, 3e-3, 20, steps))
+
+    @jax.jit
+    def step(params, model_state, opt, batch, rng):
+      (_, (_, model_state)), grads = jax.value_and_grad(
+          objective.loss, has_aux=True)(params, model_state, batch, rng)
+      updates, opt = tx.update(grads, opt, params)
+      return optax.apply_updates(params, updates), model_state, opt
+
+    opt, model_state = tx.init(params), dict(variables)
+    order = np.random.default_rng(seed)
+    for i in range(steps):
+      idx = order.choice(len(train_data["image"]), 64, replace=False)
+      batch = {k: train_data[k][idx] for k in ("image", "labels")}
+      params, model_state, opt = step(params, model_state, opt, batch,
+                                      jax.random.key(i))
+    logits, _ = jax.jit(objective.predict_fns["logits"])(
+        params, model_state, {"image": test["image"]})
+    accuracy = float(np.mean(np.argmax(logits, -1)
+                             == np.argmax(test["labels"], -1)))
+    cache[key] = TrainedDemo(objective, params, model_state, pp,
+                             test["image"], test["labels"], accuracy)
+    return cache[key]
+
+  return train

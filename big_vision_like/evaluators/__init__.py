@@ -18,9 +18,11 @@ import jax
 
 from big_vision_like import checks
 from big_vision_like import objectives
+from big_vision_like.evaluators import adversarial
 from big_vision_like.evaluators import base
 from big_vision_like.evaluators import classification
 from big_vision_like.evaluators import classification_report
+from big_vision_like.evaluators import corruptions
 from big_vision_like.evaluators import retrieval
 from big_vision_like.evaluators import zero_shot
 from big_vision_like.evaluators.base import Results  # noqa: F401
@@ -31,6 +33,8 @@ EVALUATORS: dict[str, Any] = {
     "classification_report": classification_report.Evaluator,
     "zero_shot": zero_shot.Evaluator,
     "retrieval": retrieval.Evaluator,
+    "adversarial": adversarial.Evaluator,
+    "corruptions": corruptions.Evaluator,
 }
 
 
