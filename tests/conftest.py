@@ -66,31 +66,49 @@ class TrainedDemo(NamedTuple):
   test_images: np.ndarray   # [360, size, size, 3] float32, model inputs.
   test_labels: np.ndarray   # [360, 10] one-hot.
   accuracy: float           # On the test split.
+  test_boxes: np.ndarray | None  # [360, 2]: top-left of each digit (canvas).
 
 
-def _digits(data_dir: str, split: str, pp: str) -> dict[str, np.ndarray]:
+def _digits(data_dir: str, split: str, pp: str, canvas: int | None,
+            seed: int) -> dict[str, np.ndarray]:
+  """The split preprocessed by `pp`; with `canvas`, each image pasted at a
+  random place of a canvas x canvas background (the input of pixel 0)."""
   source = sources.get_source("sklearn_digits", split, data_dir)
   iterator = pipeline.make_eval_iterator(
       source, preprocess.build(pp), global_batch_size=len(source),
       process_index=0, process_count=1)
-  return next(iter(iterator))
+  data = dict(next(iter(iterator)))
+  if canvas:
+    images = data["image"]
+    n, side = images.shape[:2]
+    out = np.full((n, canvas, canvas, images.shape[3]), images.min(),
+                  np.float32)
+    rng = np.random.default_rng([seed, split == "test"])
+    data["boxes"] = rng.integers(0, canvas - side + 1, (n, 2))
+    for im, dst, (y, x) in zip(images, out, data["boxes"]):
+      dst[y:y + side, x:x + side] = im
+    data["image"] = out
+  return data
 
 
 @pytest.fixture(scope="session")
 def train_demo(digits_data_dir):
-  """`train_demo(model_name, model_kwargs, size=16, steps=150)`: a model
-  trained briefly (Adam, batch 64) on the demo digits, cached per session so
-  that test modules share one; returns a `TrainedDemo`."""
+  """`train_demo(model_name, model_kwargs, size=16, steps=150, canvas=None)`:
+  a model trained briefly (Adam, batch 64) on the demo digits (resized to
+  `size`, optionally pasted at random places of a larger canvas), cached per
+  session so that test modules share one; returns a `TrainedDemo`."""
   cache = {}
 
   def train(model_name: str, model_kwargs: dict, size: int = 16,
-            steps: int = 150, seed: int = 0) -> TrainedDemo:
-    key = (model_name, tuple(sorted(model_kwargs.items())), size, steps, seed)
+            steps: int = 150, seed: int = 0,
+            canvas: int | None = None) -> TrainedDemo:
+    key = (model_name, tuple(sorted(model_kwargs.items())), size, steps, seed,
+           canvas)
     if key in cache:
       return cache[key]
     pp = demo_pp(size)
-    train_data = _digits(digits_data_dir, "train", pp)
-    test = _digits(digits_data_dir, "test", pp)
+    train_data = _digits(digits_data_dir, "train", pp, canvas, seed)
+    test = _digits(digits_data_dir, "test", pp, canvas, seed)
     objective = objectives.build(
         dict(name="supervised"), models.build(model_name, model_kwargs))
     variables = nn.unbox(objective.init(jax.random.key(seed), {
@@ -117,7 +135,8 @@ def train_demo(digits_data_dir):
     accuracy = float(np.mean(np.argmax(logits, -1)
                              == np.argmax(test["labels"], -1)))
     cache[key] = TrainedDemo(objective, params, model_state, pp,
-                             test["image"], test["labels"], accuracy)
+                             test["image"], test["labels"], accuracy,
+                             test.get("boxes"))
     return cache[key]
 
   return train

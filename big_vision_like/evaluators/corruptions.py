@@ -258,7 +258,7 @@ class Evaluator(base.DatasetEvaluator):
     for i, name in enumerate(self._names):
       for j, s in enumerate(self._severities):
         table[i, j] = float(totals[f"{name}/{s}"]["correct@1"]) / n
-        scalars[f"{name}/severity{s}/prec@1"] = table[i, j]
+        scalars[f"{name}/severity{s}/prec@1"] = float(table[i, j])
       scalars[f"{name}/prec@1"] = float(table[i].mean())
       scalars[f"{name}/drop"] = clean - float(table[i].mean())
     scalars["mean_prec@1"] = float(table.mean())
