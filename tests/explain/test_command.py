@@ -4,13 +4,15 @@ overlay per image; bad requests exit 2 with one message."""
 from __future__ import annotations
 
 import os
+import pathlib
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from conftest import REPO
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _explain(*args, data_dir):
@@ -21,6 +23,7 @@ def _explain(*args, data_dir):
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # Trains main.py's smoke run, then two subprocesses.
 def test_explain_writes_png_overlays(tmp_path, run_main, digits_data_dir):
   workdir = tmp_path / "wd"
   assert run_main(workdir, data_dir=digits_data_dir).returncode == 0
