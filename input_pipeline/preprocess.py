@@ -128,13 +128,18 @@ def _make_op(name: str, args: tuple[Any, ...], kwargs: dict[str, Any],
         f"Bad value in pp op {call} of spec {spec!r}: {e}") from e
 
 
-def drop_ops(spec: str, names: tuple[str, ...]) -> str:
-  """`spec` without the ops called `names` (e.g. the label ops of an eval
-  spec, to preprocess unlabelled images the same way)."""
+def unparse(ops: list[ParsedOp]) -> str:
+  """The spec of parsed `ops` (`parse(unparse(ops)) == ops`)."""
   return "|".join(
       name if not args and not kwargs else
       f"{name}({', '.join(_render_args(args, kwargs))})"
-      for name, args, kwargs in parse(spec) if name not in names)
+      for name, args, kwargs in ops)
+
+
+def drop_ops(spec: str, names: tuple[str, ...]) -> str:
+  """`spec` without the ops called `names` (e.g. the label ops of an eval
+  spec, to preprocess unlabelled images the same way)."""
+  return unparse([op for op in parse(spec) if op[0] not in names])
 
 
 def validate(spec: str) -> None:

@@ -6,8 +6,7 @@ import os
 import pathlib
 import subprocess
 import sys
-
-import pytest
+from typing import Any, NamedTuple
 
 # The golden extra's torch brings triton, whose bundled LLVM segfaults when
 # its library loads after TensorFlow's (any timm or open_clip import does
@@ -17,7 +16,18 @@ try:
 except ImportError:
   pass
 
-from input_pipeline import sources  # noqa: E402  # Imports TensorFlow.
+import flax.linen as nn  # noqa: E402  # (After triton, see above.)
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from big_vision_like import models
+from big_vision_like import objectives
+from input_pipeline import pipeline
+from input_pipeline import preprocess
+from input_pipeline import sources
 
 
 # Fixtures that import an optional reference implementation; a test that
@@ -90,3 +100,94 @@ def _run_main(workdir, *args, data_dir: str,
 def run_main():
   """`run_main(workdir, *flags, data_dir=..., config=...)` runs main.py."""
   return _run_main
+
+
+def demo_pp(size: int) -> str:
+  """The demo's eval pp spec at image side `size`."""
+  return (f"decode|resize({size})|value_range(-1, 1)"
+          '|onehot(10, key="label", key_result="labels")'
+          '|keep("image", "labels")')
+
+
+class TrainedDemo(NamedTuple):
+  objective: Any
+  params: Any
+  model_state: Any
+  pp: str
+  test_images: np.ndarray   # [360, size, size, 3] float32, model inputs.
+  test_labels: np.ndarray   # [360, 10] one-hot.
+  accuracy: float           # On the test split.
+  test_boxes: np.ndarray | None  # [360, 2]: top-left of each digit (canvas).
+
+
+def _digits(data_dir: str, split: str, pp: str, canvas: int | None,
+            seed: int) -> dict[str, np.ndarray]:
+  """The split preprocessed by `pp`; with `canvas`, each image pasted at a
+  random place of a canvas x canvas background (the input of pixel 0)."""
+  source = sources.get_source("sklearn_digits", split, data_dir)
+  iterator = pipeline.make_eval_iterator(
+      source, preprocess.build(pp), global_batch_size=len(source),
+      process_index=0, process_count=1)
+  data = dict(next(iter(iterator)))
+  if canvas:
+    images = data["image"]
+    n, side = images.shape[:2]
+    out = np.full((n, canvas, canvas, images.shape[3]), images.min(),
+                  np.float32)
+    rng = np.random.default_rng([seed, split == "test"])
+    data["boxes"] = rng.integers(0, canvas - side + 1, (n, 2))
+    for im, dst, (y, x) in zip(images, out, data["boxes"]):
+      dst[y:y + side, x:x + side] = im
+    data["image"] = out
+  return data
+
+
+@pytest.fixture(scope="session")
+def train_demo(digits_data_dir):
+  """`train_demo(model_name, model_kwargs, size=16, steps=150, canvas=None)`:
+  a model trained briefly (Adam, batch 64) on the demo digits (resized to
+  `size`, optionally pasted at random places of a larger canvas), cached per
+  session so that test modules share one; returns a `TrainedDemo`."""
+  cache = {}
+
+  def train(model_name: str, model_kwargs: dict, size: int = 16,
+            steps: int = 150, seed: int = 0,
+            canvas: int | None = None) -> TrainedDemo:
+    key = (model_name, tuple(sorted(model_kwargs.items())), size, steps, seed,
+           canvas)
+    if key in cache:
+      return cache[key]
+    pp = demo_pp(size)
+    train_data = _digits(digits_data_dir, "train", pp, canvas, seed)
+    test = _digits(digits_data_dir, "test", pp, canvas, seed)
+    objective = objectives.build(
+        dict(name="supervised"), models.build(model_name, model_kwargs))
+    variables = nn.unbox(objective.init(jax.random.key(seed), {
+        "image": jax.ShapeDtypeStruct(test["image"].shape, jnp.float32)}))
+    params = variables.pop("params")
+    tx = optax.adam(optax.warmup_cosine_decay_schedule(0, 3e-3, 20, steps))
+
+    @jax.jit
+    def step(params, model_state, opt, batch, rng):
+      (_, (_, model_state)), grads = jax.value_and_grad(
+          objective.loss, has_aux=True)(params, model_state, batch, rng)
+      updates, opt = tx.update(grads, opt, params)
+      return optax.apply_updates(params, updates), model_state, opt
+
+    opt, model_state = tx.init(params), dict(variables)
+    order = np.random.default_rng(seed)
+    for i in range(steps):
+      idx = order.choice(len(train_data["image"]), 64, replace=False)
+      batch = {k: train_data[k][idx] for k in ("image", "labels")}
+      params, model_state, opt = step(params, model_state, opt, batch,
+                                      jax.random.key(i))
+    logits, _ = jax.jit(objective.predict_fns["logits"])(
+        params, model_state, {"image": test["image"]})
+    accuracy = float(np.mean(np.argmax(logits, -1)
+                             == np.argmax(test["labels"], -1)))
+    cache[key] = TrainedDemo(objective, params, model_state, pp,
+                             test["image"], test["labels"], accuracy,
+                             test.get("boxes"))
+    return cache[key]
+
+  return train

@@ -18,9 +18,11 @@ import jax
 
 from big_vision_like import checks
 from big_vision_like import objectives
+from big_vision_like.evaluators import adversarial
 from big_vision_like.evaluators import base
 from big_vision_like.evaluators import classification
 from big_vision_like.evaluators import classification_report
+from big_vision_like.evaluators import corruptions
 from big_vision_like.evaluators import fewshot
 from big_vision_like.evaluators import knn
 from big_vision_like.evaluators import linear_probe
@@ -37,6 +39,8 @@ EVALUATORS: dict[str, Any] = {
     "fewshot": fewshot.Evaluator,
     "linear_probe": linear_probe.Evaluator,
     "knn": knn.Evaluator,
+    "adversarial": adversarial.Evaluator,
+    "corruptions": corruptions.Evaluator,
 }
 
 

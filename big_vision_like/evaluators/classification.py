@@ -19,8 +19,8 @@ from big_vision_like.evaluators import base
 from big_vision_like.objectives.base import PredictFn
 
 
-def _counts(logits_BxC: jax.Array, labels_BxC: jax.Array, mask_B: jax.Array,
-            loss_fn) -> dict[str, jax.Array]:
+def counts(logits_BxC: jax.Array, labels_BxC: jax.Array, mask_B: jax.Array,
+           loss_fn) -> dict[str, jax.Array]:
   """Sums over real examples: correct@1, correct@5, loss, count, and per
   class (by the label's argmax) the examples and the top-1 hits."""
   mask = mask_B.astype(jnp.float32)
@@ -52,7 +52,7 @@ def _eval_step(predict_fn: PredictFn, loss_name: str):
 
   def eval_step(params, model_state, batch):
     logits, _ = predict_fn(params, model_state, batch)
-    return _counts(logits, batch["labels"], batch["_mask"], loss_fn)
+    return counts(logits, batch["labels"], batch["_mask"], loss_fn)
 
   return jax.jit(eval_step)
 

@@ -12,6 +12,7 @@ train=True.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import einops
@@ -170,6 +171,8 @@ class BiT(nn.Module):
     num_classes: head outputs; 0 means no head (logits = pre-logits).
     depth: 26, 50, 101, 152 or 200.
     width: channel multiplier (the "x1", "x3" of R50x3).
+    stage_sizes: units per stage, overriding `depth`'s (e.g. (1, 1): a
+      two-stage toy for fast tests, as Flax's ResNet1); None: `depth`'s.
     head_zeroinit: initialise the head kernel to zeros.
     dtype: compute dtype name; parameters and logits stay float32.
     remat_policy: what each unit keeps for the backward pass (see
@@ -178,12 +181,20 @@ class BiT(nn.Module):
   num_classes: int = 0
   depth: int = 50
   width: float = 1
+  stage_sizes: Sequence[int] | None = None
   head_zeroinit: bool = True
   dtype: str = "float32"
   remat_policy: str = "none"
 
   def __post_init__(self):
     _check_depth(self.depth, BIT_STAGES, "BiT")
+    if self.stage_sizes is not None and (
+        not self.stage_sizes or any(
+            isinstance(u, bool) or not isinstance(u, int) or u < 1
+            for u in self.stage_sizes)):
+      raise config_lib.ConfigError(
+          f"BiT stage_sizes={self.stage_sizes!r}: give one or more integers "
+          ">= 1 (units per stage), or None for depth's.")
     common.compute_dtype(self.dtype)
     common.remat(BiTUnit, self.remat_policy, "BiT")
     super().__post_init__()
@@ -194,7 +205,7 @@ class BiT(nn.Module):
     """Images (n, H, W, C) -> (logits (n, num_classes), intermediates).
 
     Intermediates: "stem" (n, H/4, W/4, 64w), "stage1".."stage4" (the last
-    (n, H/32, W/32, 2048w)), "pre_logits_2d", "pre_logits" (n, 2048w), "logits".
+    (n, H/32, W/32, 2048w); one per entry of `stage_sizes`), "pre_logits_2d", "pre_logits" (n, 2048w), "logits".
     """
     del train  # GroupNorm behaves the same in training and evaluation.
     dtype = common.compute_dtype(self.dtype)
@@ -202,7 +213,7 @@ class BiT(nn.Module):
     out = {}
 
     x = out["stem"] = BiTRoot(width, dtype, name="root_block")(image)
-    for s, units in enumerate(BIT_STAGES[self.depth]):
+    for s, units in enumerate(self.stage_sizes or BIT_STAGES[self.depth]):
       x = out[f"stage{s + 1}"] = BiTStage(
           units, width * 2**s, first_stride=1 if s == 0 else 2, dtype=dtype,
           remat_policy=self.remat_policy, name=f"block{s + 1}")(x)

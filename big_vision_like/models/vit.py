@@ -166,7 +166,9 @@ class Encoder1DBlock(nn.Module):
     scanned), or None for no stochastic depth.
     """
     y = _layer_norm(self.dtype, epsilon=self.ln_eps)(x)
-    y = _attention(self.num_heads, self.dtype)(y, y)
+    # Attention weights are sown into "intermediates" (for attention
+    # rollout); a no-op unless that collection is mutable in `apply`.
+    y = _attention(self.num_heads, self.dtype)(y, y, sow_weights=True)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + self._drop_path(y, drop_path, deterministic)
 
@@ -212,7 +214,7 @@ class Encoder(nn.Module):
                              static_argnums=(3,))  # 0=self, 3=deterministic.
       x, per_block = nn.scan(
           block_cls,
-          variable_axes={"params": 0},
+          variable_axes={"params": 0, "intermediates": 0},
           split_rngs={"params": True, "dropout": True},
           in_axes=(0, nn.broadcast),
           length=self.depth,
@@ -245,7 +247,7 @@ class MAPHead(nn.Module):
         "probe", common.partitioned(nn.initializers.xavier_uniform(),
                                     (None, None, "embed")), (1, 1, d))
     probe = jnp.tile(probe.astype(x.dtype), [n, 1, 1])
-    x = _attention(self.num_heads, self.dtype)(probe, x)
+    x = _attention(self.num_heads, self.dtype)(probe, x, sow_weights=True)
     y = _layer_norm(self.dtype, epsilon=self.ln_eps)(x)
     x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, act=self.act)(
         y, deterministic=True)

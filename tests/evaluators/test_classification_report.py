@@ -168,7 +168,7 @@ def test_classification_counts_match_sklearn_and_skip_masked_rows(kind):
     labels[:] = 7
   mask = np.arange(64) < 50  # The last 14 rows are padding.
   labels[~mask] = 0  # Padding rows hold anything; it must not count.
-  counts = classification._counts(
+  counts = classification.counts(
       jnp.asarray(logits, jnp.float32), jnp.asarray(np.eye(C)[labels]),
       jnp.asarray(mask), losses.softmax_xent)
   real_labels, real_logits = labels[mask], logits[mask]

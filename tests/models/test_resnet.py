@@ -277,3 +277,15 @@ def test_matches_timm_for_identical_weights(timm, torch, tmp_path, timm_name,
   scale = np.abs(expected).max()
   assert scale > 0.1
   np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_bit_stage_sizes_override_depth_and_are_checked():
+  model = resnet.BiT(num_classes=3, width=0.5, stage_sizes=(1, 1))
+  variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                         train=False)
+  assert sorted(k for k in variables["params"] if k.startswith("block")) == [
+      "block1", "block2"]
+  _, out = model.apply(variables, jnp.zeros((2, 32, 32, 3)), train=False)
+  assert out["stage2"].shape == (2, 4, 4, 256) and "stage3" not in out
+  with pytest.raises(config_lib.ConfigError, match="stage_sizes"):
+    resnet.BiT(stage_sizes=(1, 0))

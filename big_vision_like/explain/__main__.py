@@ -1,0 +1,51 @@
+"""python -m big_vision_like.explain --config=C --workdir=W --inputs=a.png,b.png
+    --method=gradcam|rollout|saliency|smoothgrad --output=DIR [--step=N]
+    [--evals=NAME] [--class_index=K]
+
+Writes DIR/<image>.<method>.png overlays (and .npy maps); see command.py.
+Exits 2 with one message on a bad config, input or checkpoint.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from big_vision_like import config as config_lib
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", None, "Config file, e.g. configs/demo.py[:arg].")
+flags.DEFINE_string("workdir", None, "The run's workdir (its checkpoints).")
+flags.DEFINE_list("inputs", None, "Image files, or folders of images.")
+flags.DEFINE_string("output", None, "The folder the overlays go to.")
+flags.DEFINE_string("method", "saliency",
+                    "saliency, smoothgrad, gradcam (ResNet/BiT) or rollout "
+                    "(ViT).")
+flags.DEFINE_integer("step", None, "The checkpoint step (default: newest).")
+flags.DEFINE_list("evals", None, "The evaluator whose pp spec to use.")
+flags.DEFINE_integer("class_index", None, "Class to explain (default: "
+                     "the predicted one).")
+flags.mark_flags_as_required(["config", "workdir", "inputs", "output"])
+_OVERRIDES = {}
+
+
+def main(argv: list[str]) -> int:
+  del argv
+  logging.set_verbosity(logging.INFO)
+  from big_vision_like.explain import command
+  from big_vision_like.trainers import train
+  try:
+    config = config_lib.load_resolved(FLAGS.config, _OVERRIDES)
+    return command.run(config, FLAGS.workdir, FLAGS.inputs, FLAGS.output,
+                       method=FLAGS.method, step=FLAGS.step,
+                       eval_name=(FLAGS.evals or [None])[0],
+                       class_index=FLAGS.class_index)
+  except config_lib.ConfigError as e:
+    print(f"Error: {e}", file=sys.stderr)
+    return train.EXIT_CONFIG
+
+
+if __name__ == "__main__":
+  app.run(main,
+          flags_parser=config_lib.absl_flags_parser(FLAGS, _OVERRIDES))

@@ -1,0 +1,48 @@
+"""`python -m big_vision_like.explain` on a demo checkpoint writes one PNG
+overlay per image; bad requests exit 2 with one message."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _explain(*args, data_dir):
+  env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu")
+  return subprocess.run(
+      [sys.executable, "-m", "big_vision_like.explain",
+       "--config=configs/demo.py:runlocal", *args],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow  # Trains main.py's smoke run, then two subprocesses.
+def test_explain_writes_png_overlays(tmp_path, run_main, digits_data_dir):
+  workdir = tmp_path / "wd"
+  assert run_main(workdir, data_dir=digits_data_dir).returncode == 0
+  inputs = []
+  for i in range(3):
+    path = tmp_path / f"digit{i}.png"
+    Image.fromarray((np.random.default_rng(i).uniform(0, 255, (8, 8, 3))
+                     ).astype(np.uint8)).save(path)
+    inputs.append(str(path))
+  out = tmp_path / "out"
+  r = _explain(f"--workdir={workdir}", f"--inputs={','.join(inputs)}",
+               "--method=rollout", f"--output={out}",
+               data_dir=digits_data_dir)
+  assert r.returncode == 0, r.stderr[-3000:]
+  for i in range(3):
+    png = np.asarray(Image.open(out / f"digit{i}.rollout.png"))
+    assert png.shape == (16, 16, 3) and png.dtype == np.uint8
+    assert np.load(out / f"digit{i}.rollout.npy").shape == (4, 4)
+  r = _explain(f"--workdir={workdir}", f"--inputs={inputs[0]}",
+               "--method=gradcam", f"--output={out}",
+               data_dir=digits_data_dir)
+  assert r.returncode == 2 and "rollout for a ViT" in r.stderr, r.stderr
