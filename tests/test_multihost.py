@@ -82,19 +82,21 @@ def _kill_session(sid: int) -> None:
         pass
 
 
-def _start_two_processes(workdir: pathlib.Path, data_dir: str, *extra: str
+def _start_two_processes(workdir: pathlib.Path, data_dir: str, *extra: str,
+                         flags: list[str] = FLAGS
                          ) -> tuple[subprocess.Popen, pathlib.Path]:
   env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
              PYTHON=sys.executable, BVL_PORT=str(_free_port()),
              XLA_FLAGS=XLA_CPU_FLAGS)
   env.pop("BVL_CPU_DEVICES_PER_PROCESS", None)  # One device per process.
   log = workdir.with_suffix(".log")
-  cmd = ["bash", "launch/local.sh", "2", *FLAGS, f"--workdir={workdir}",
+  cmd = ["bash", "launch/local.sh", "2", *flags, f"--workdir={workdir}",
          *extra]
   return _start(cmd, env, log), log
 
 
-def _start_one_process(workdir: pathlib.Path, data_dir: str
+def _start_one_process(workdir: pathlib.Path, data_dir: str,
+                       flags: list[str] = FLAGS
                        ) -> tuple[subprocess.Popen, pathlib.Path]:
   env = dict(os.environ, TFDS_DATA_DIR=data_dir, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count=2 "
@@ -103,7 +105,7 @@ def _start_one_process(workdir: pathlib.Path, data_dir: str
               "BVL_PROCESS_ID"):
     env.pop(key, None)
   log = workdir.with_suffix(".log")
-  cmd = [sys.executable, "main.py", *FLAGS, f"--workdir={workdir}"]
+  cmd = [sys.executable, "main.py", *flags, f"--workdir={workdir}"]
   return _start(cmd, env, log), log
 
 
@@ -207,3 +209,39 @@ def test_two_processes_resume_from_a_checkpoint_and_end_like_one(
                                          "--config.evals={}"))
   assert output.count("Resumed from step 2") == 2, output[-3000:]
   _assert_states_match(_read_state(workdir, STEPS), _read_state(one, STEPS))
+
+
+# Two towers (CLIP's softmax loss over the global batch), FSDP-sharded.
+TWO_TOWER_FLAGS = [
+    "--config=configs/clip_demo.py:runlocal", f"--config.total_steps={STEPS}",
+    "--config.ckpt_every_steps=2", "--config.evals={}",
+    "--config.model.image.width=32", "--config.model.image.depth=1",
+    "--config.model.image.mlp_dim=64", "--config.model.image.num_heads=2",
+    "--config.model.text.width=32", "--config.model.text.depth=1",
+    "--config.model.text.mlp_dim=64", "--config.model.text.num_heads=2",
+    "--config.model.out_dim=(32, 32)", "--config.input.batch_size=16",
+    "--config.mesh=[('data', 1), ('fsdp', 2)]", "--config.sharding.preset=fsdp",
+]
+
+
+@pytest.mark.integration
+def test_two_tower_training_in_two_processes_matches_one_and_resumes(
+    tmp_path, digits_data_dir):
+  two, one = tmp_path / "two", tmp_path / "one"
+  started = [
+      _start_two_processes(two, digits_data_dir, flags=TWO_TOWER_FLAGS),
+      _start_one_process(one, digits_data_dir, flags=TWO_TOWER_FLAGS)]
+  for p in started:
+    _finish(*p)
+  train = lambda rows: [(r["step"], r["train/loss"]) for r in rows
+                        if "train/loss" in r]
+  assert [s for s, _ in train(_metrics(two))] == list(range(1, STEPS + 1))
+  np.testing.assert_allclose(train(_metrics(two)), train(_metrics(one)),
+                             rtol=1e-5)
+  _assert_states_match(_read_state(two, STEPS), _read_state(one, STEPS))
+  # A job that died after saving step 2 resumes and ends like one process.
+  shutil.rmtree(two / "checkpoints" / str(STEPS))
+  output = _finish(*_start_two_processes(two, digits_data_dir,
+                                         flags=TWO_TOWER_FLAGS))
+  assert output.count("Resumed from step 2") == 2, output[-3000:]
+  _assert_states_match(_read_state(two, STEPS), _read_state(one, STEPS))

@@ -44,3 +44,30 @@ def test_chunked_sigmoid_trains_step_for_step_as_the_full_sigmoid_on_8_devices(
       "tokenizer"]
   assert spec == text_pp.spec(clip_demo.PP_TRAIN)
   assert spec["kind"] == "bytes" and spec["max_len"] == 32
+
+
+def test_two_tower_run_resumes_bitwise_after_sigterm(tmp_path, digits_data_dir,
+                                                      monkeypatch):
+  from big_vision_like import config as config_lib
+  from big_vision_like.trainers import train
+  from trainers_testing import differing_leaves, load, sigterm_at
+
+  def config():
+    c = config_lib.resolve(clip_demo.get_config("runlocal"))
+    c.input.data.data_dir = digits_data_dir
+    c.total_steps, c.ckpt_every_steps, c.evals = 4, 4, {}
+    c.input.batch_size = 16
+    for tower in (c.model.image, c.model.text):
+      tower.update(width=32, depth=1, mlp_dim=64, num_heads=2)
+    c.model.out_dim = (32, 32)
+    return c
+
+  whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+  assert train.run(config(), str(whole)) == train.EXIT_DONE
+  with sigterm_at(monkeypatch, 2):
+    assert train.run(config(), str(stopped)) == train.EXIT_PREEMPTED
+  assert train.run(config(), str(stopped)) == train.EXIT_DONE
+  got, got_data = load(stopped, 4)
+  want, want_data = load(whole, 4)
+  assert not differing_leaves(got, want)
+  assert got_data == want_data
