@@ -71,7 +71,8 @@ class TextTransformer(nn.Module):
     act: MLP activation, a key of `vit.ACTIVATIONS` ("quick_gelu": CLIP).
     ln_eps: epsilon of every LayerNorm (big_vision 1e-6; torch's 1e-5).
     scan: nn.scan over the blocks (params stacked on axis 0, "layers").
-    remat_policy: with `scan`, see `vit.REMAT_POLICIES`.
+    remat_policy: what each block keeps for the backward pass, see
+      `vit.remat_policy` (None: "nothing_saveable" with `scan`, else "none").
     dtype: compute dtype name; parameters stay float32, and everything from
       the pooled representation on is float32.
   """
@@ -90,7 +91,7 @@ class TextTransformer(nn.Module):
   act: str = "gelu"
   ln_eps: float = 1e-6
   scan: bool = False
-  remat_policy: str = "nothing_saveable"
+  remat_policy: str | None = None
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -98,7 +99,8 @@ class TextTransformer(nn.Module):
     self.arch()
     config_lib.lookup(dict.fromkeys(POOL_TYPES), self.pool_type,
                       "text pool_type")
-    config_lib.lookup(vit.REMAT_POLICIES, self.remat_policy,
+    config_lib.lookup(vit.REMAT_POLICIES,
+                      vit.remat_policy(self.remat_policy, self.scan),
                       "text remat_policy")
     config_lib.lookup(vit.ACTIVATIONS, self.act, "text act")
     common.compute_dtype(self.dtype)

@@ -56,8 +56,17 @@ ACTIVATIONS = {
     "gelu_exact": lambda x: nn.gelu(x, approximate=False),
     "quick_gelu": quick_gelu,
 }
-# Rematerialisation policies for scanned blocks; "none" turns remat off.
+# Rematerialisation policies of the blocks; "none" turns remat off.
 REMAT_POLICIES = common.REMAT_POLICIES
+
+
+def remat_policy(name: str | None, scan: bool) -> str:
+  """A transformer's `remat_policy`: None is big_vision's default, every
+  block's activations recomputed ("nothing_saveable") when the blocks are
+  scanned, and none in the loop layout."""
+  if name is None:
+    return "nothing_saveable" if scan else "none"
+  return name
 _ACTIVATION = ("batch", "length", "embed")
 
 
@@ -189,7 +198,7 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   scan: bool = False
-  remat_policy: str = "nothing_saveable"
+  remat_policy: str | None = None
   dtype: Any = jnp.float32
   act: str = "gelu"
   ln_eps: float = 1e-6
@@ -206,12 +215,10 @@ class Encoder(nn.Module):
                     dropout=self.dropout, dtype=self.dtype, act=self.act,
                     ln_eps=self.ln_eps)
     out = {}
+    block_cls = common.remat(
+        Encoder1DBlock, remat_policy(self.remat_policy, self.scan), "ViT",
+        in_scan=self.scan, static_argnums=(3,))  # 0=self, 3=deterministic.
     if self.scan:
-      block_cls = Encoder1DBlock
-      policy = REMAT_POLICIES[self.remat_policy]
-      if policy is not None:
-        block_cls = nn.remat(block_cls, prevent_cse=False, policy=policy,
-                             static_argnums=(3,))  # 0=self, 3=deterministic.
       x, per_block = nn.scan(
           block_cls,
           variable_axes={"params": 0, "intermediates": 0},
@@ -225,7 +232,7 @@ class Encoder(nn.Module):
     else:
       for i in range(self.depth):
         rate = None if rates is None else rates[i]
-        x, out[f"block{i:02d}"] = Encoder1DBlock(
+        x, out[f"block{i:02d}"] = block_cls(
             name=f"encoderblock_{i}", **block_kw)(x, rate, deterministic)
     x = _layer_norm(self.dtype, name="encoder_norm", epsilon=self.ln_eps)(x)
     return nn.with_logical_constraint(x, _ACTIVATION), out
@@ -283,8 +290,9 @@ class ViT(nn.Module):
     stem_bias: the patch embedding convolution has a bias (OpenAI CLIP's
       has none).
     scan: nn.scan over the blocks (params stacked on axis 0, "layers").
-    remat_policy: with `scan`, the jax.checkpoint policy of each block (see
-      `REMAT_POLICIES`); "none" disables rematerialisation.
+    remat_policy: the jax.checkpoint policy of each block (see
+      `REMAT_POLICIES`; "none" disables rematerialisation), in either layout;
+      None: "nothing_saveable" with `scan` (big_vision), "none" without.
     dtype: compute dtype name; parameters stay float32, and everything from
       the head input on (pre_logits, logits) is float32.
   """
@@ -308,7 +316,7 @@ class ViT(nn.Module):
   cls_posemb: bool = False
   stem_bias: bool = True
   scan: bool = False
-  remat_policy: str = "nothing_saveable"
+  remat_policy: str | None = None
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -322,7 +330,9 @@ class ViT(nn.Module):
       raise config_lib.ConfigError(
           "ViT cls_posemb=True gives the class token a learned position: "
           "set pool_type='tok' and posemb='learn', or cls_posemb=False.")
-    config_lib.lookup(REMAT_POLICIES, self.remat_policy, "ViT remat_policy")
+    config_lib.lookup(REMAT_POLICIES, remat_policy(self.remat_policy,
+                                                   self.scan),
+                      "ViT remat_policy")
     common.compute_dtype(self.dtype)
     for key in ("dropout", "drop_path"):
       if not 0.0 <= getattr(self, key) < 1.0:

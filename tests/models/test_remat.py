@@ -1,4 +1,4 @@
-"""`remat_policy` on the convolutional models: the same values, and far
+"""`remat_policy` on every model: the same values, and far
 fewer activations kept for the backward pass (what the policy controls; how
 much memory that saves depends on the backend's own scheduling)."""
 
@@ -17,10 +17,18 @@ from big_vision_like import models
 from big_vision_like.checks import ConfigError
 
 
+_SMALL = {
+    "bit": dict(depth=26, width=0.5),
+    "resnet": dict(depth=18),
+    # The loop layout (scanned blocks are tested in test_vit.py).
+    "vit": dict(width=32, depth=3, mlp_dim=64, num_heads=2, patch_size=4,
+                head_zeroinit=False),
+}
+
+
 def _loss_and_grads(name, policy, x, labels):
-  model = models.build(name, dict(num_classes=10, depth=26 if name == "bit"
-                                  else 18, remat_policy=policy,
-                                  **({"width": 0.5} if name == "bit" else {})))
+  model = models.build(name, dict(num_classes=10, remat_policy=policy,
+                                  **_SMALL[name]))
   variables = model.init(jax.random.key(0), x[:1], train=False)
   params = variables.pop("params")
 
@@ -37,7 +45,7 @@ def _loss_and_grads(name, policy, x, labels):
   return value, state, grads, len(printed.getvalue().splitlines())
 
 
-@pytest.mark.parametrize("name", ["resnet", "bit"])
+@pytest.mark.parametrize("name", ["resnet", "bit", "vit"])
 def test_remat_gives_the_same_loss_and_gradients_keeping_fewer_residuals(
     name):
   rng = np.random.default_rng(0)
