@@ -70,6 +70,7 @@ class TextTransformer(nn.Module):
     head_bias: the head has a bias (OpenAI CLIP's text_projection has none).
     act: MLP activation, a key of `vit.ACTIVATIONS` ("quick_gelu": CLIP).
     ln_eps: epsilon of every LayerNorm (big_vision 1e-6; torch's 1e-5).
+    attention: "xla" or "fused", see `vit.ViT`.
     scan: nn.scan over the blocks (params stacked on axis 0, "layers").
     remat_policy: what each block keeps for the backward pass, see
       `vit.remat_policy` (None: "nothing_saveable" with `scan`, else "none").
@@ -90,6 +91,7 @@ class TextTransformer(nn.Module):
   head_bias: bool = True
   act: str = "gelu"
   ln_eps: float = 1e-6
+  attention: str = "xla"
   scan: bool = False
   remat_policy: str | None = None
   dtype: str = "float32"
@@ -103,6 +105,7 @@ class TextTransformer(nn.Module):
                       vit.remat_policy(self.remat_policy, self.scan),
                       "text remat_policy")
     config_lib.lookup(vit.ACTIVATIONS, self.act, "text act")
+    config_lib.lookup(vit.ATTENTION, self.attention, "text attention")
     common.compute_dtype(self.dtype)
     if not 0.0 <= self.dropout < 1.0:
       raise config_lib.ConfigError(
@@ -161,7 +164,7 @@ class TextTransformer(nn.Module):
         depth=arch["depth"], mlp_dim=arch["mlp_dim"],
         num_heads=arch["num_heads"], dropout=self.dropout, scan=self.scan,
         remat_policy=self.remat_policy, dtype=dtype, act=self.act,
-        ln_eps=self.ln_eps)
+        ln_eps=self.ln_eps, attention=self.attention)
     if self.autoregressive:
       with nn.intercept_methods(_causal_self_attention):
         x, blocks = encoder(x, deterministic=not train)
@@ -180,7 +183,8 @@ class TextTransformer(nn.Module):
       x = x[jnp.arange(n), jnp.argmax(text, axis=-1)]
     else:  # "map"
       x = vit.MAPHead(arch["mlp_dim"], arch["num_heads"], dtype=dtype,
-                      act=self.act, ln_eps=self.ln_eps)(x)
+                      act=self.act, ln_eps=self.ln_eps,
+                      attention=self.attention)(x)
     x = out["pre_logits"] = x.astype(jnp.float32)
 
     if self.num_classes:

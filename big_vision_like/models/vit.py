@@ -113,10 +113,31 @@ def _layer_norm(dtype: Any, name: str | None = None,
       bias_init=common.partitioned(nn.initializers.zeros, ("embed",)))
 
 
-def _attention(num_heads: int, dtype: Any) -> nn.MultiHeadDotProductAttention:
+def _fused_attention(query, key, value, bias=None, mask=None, *,
+                     dropout_rate=0.0, deterministic=True, module=None,
+                     **unused):
+  """flax's `attention_fn` contract over `jax.nn.dot_product_attention`:
+  cuDNN's fused (flash) attention on GPU where it applies, XLA elsewhere.
+  It never forms the weights, so none are sown (attention rollout needs
+  attention="xla")."""
+  del module, unused  # dtype, precision: the inputs' dtype is used.
+  if dropout_rate and not deterministic:
+    raise ValueError("attention='fused' has no attention dropout.")
+  return jax.nn.dot_product_attention(
+      query, key, value, bias=bias,
+      mask=None if mask is None else mask.astype(bool))  # flax's are 0/1.
+
+
+# "xla": flax's einsum-softmax-einsum (attention weights can be sown);
+# "fused": jax.nn.dot_product_attention (cuDNN flash attention on GPU).
+ATTENTION = {"xla": nn.dot_product_attention, "fused": _fused_attention}
+
+
+def _attention(num_heads: int, dtype: Any, impl: str = "xla"
+               ) -> nn.MultiHeadDotProductAttention:
   xavier = nn.initializers.xavier_uniform()
   return nn.MultiHeadDotProductAttention(
-      num_heads=num_heads, dtype=dtype,
+      num_heads=num_heads, dtype=dtype, attention_fn=ATTENTION[impl],
       kernel_init=common.partitioned(xavier, ("embed", "heads", "kv")),
       bias_init=common.partitioned(nn.initializers.zeros, ("heads", "kv")),
       out_kernel_init=common.partitioned(xavier, ("heads", "kv", "embed")),
@@ -155,6 +176,7 @@ class Encoder1DBlock(nn.Module):
   dtype: Any = jnp.float32
   act: str = "gelu"
   ln_eps: float = 1e-6
+  attention: str = "xla"
 
   def _drop_path(self, x: jax.Array, rate: jax.Array | None,
                  deterministic: bool) -> jax.Array:
@@ -177,7 +199,8 @@ class Encoder1DBlock(nn.Module):
     y = _layer_norm(self.dtype, epsilon=self.ln_eps)(x)
     # Attention weights are sown into "intermediates" (for attention
     # rollout); a no-op unless that collection is mutable in `apply`.
-    y = _attention(self.num_heads, self.dtype)(y, y, sow_weights=True)
+    y = _attention(self.num_heads, self.dtype, self.attention)(
+        y, y, sow_weights=True)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + self._drop_path(y, drop_path, deterministic)
 
@@ -202,6 +225,7 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
   act: str = "gelu"
   ln_eps: float = 1e-6
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool
@@ -213,7 +237,7 @@ class Encoder(nn.Module):
       rates = jnp.linspace(0.0, self.drop_path, self.depth)
     block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                     dropout=self.dropout, dtype=self.dtype, act=self.act,
-                    ln_eps=self.ln_eps)
+                    ln_eps=self.ln_eps, attention=self.attention)
     out = {}
     block_cls = common.remat(
         Encoder1DBlock, remat_policy(self.remat_policy, self.scan), "ViT",
@@ -245,6 +269,7 @@ class MAPHead(nn.Module):
   dtype: Any = jnp.float32
   act: str = "gelu"
   ln_eps: float = 1e-6
+  attention: str = "xla"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -254,7 +279,8 @@ class MAPHead(nn.Module):
         "probe", common.partitioned(nn.initializers.xavier_uniform(),
                                     (None, None, "embed")), (1, 1, d))
     probe = jnp.tile(probe.astype(x.dtype), [n, 1, 1])
-    x = _attention(self.num_heads, self.dtype)(probe, x, sow_weights=True)
+    x = _attention(self.num_heads, self.dtype, self.attention)(
+        probe, x, sow_weights=True)
     y = _layer_norm(self.dtype, epsilon=self.ln_eps)(x)
     x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, act=self.act)(
         y, deterministic=True)
@@ -293,6 +319,9 @@ class ViT(nn.Module):
     remat_policy: the jax.checkpoint policy of each block (see
       `REMAT_POLICIES`; "none" disables rematerialisation), in either layout;
       None: "nothing_saveable" with `scan` (big_vision), "none" without.
+    attention: "xla" (flax's; attention weights can be sown for rollout) or
+      "fused" (`jax.nn.dot_product_attention`: cuDNN flash attention on GPU
+      where it applies, XLA elsewhere; the same values).
     dtype: compute dtype name; parameters stay float32, and everything from
       the head input on (pre_logits, logits) is float32.
   """
@@ -317,6 +346,7 @@ class ViT(nn.Module):
   stem_bias: bool = True
   scan: bool = False
   remat_policy: str | None = None
+  attention: str = "xla"
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -333,6 +363,7 @@ class ViT(nn.Module):
     config_lib.lookup(REMAT_POLICIES, remat_policy(self.remat_policy,
                                                    self.scan),
                       "ViT remat_policy")
+    config_lib.lookup(ATTENTION, self.attention, "ViT attention")
     common.compute_dtype(self.dtype)
     for key in ("dropout", "drop_path"):
       if not 0.0 <= getattr(self, key) < 1.0:
@@ -411,14 +442,15 @@ class ViT(nn.Module):
         num_heads=arch["num_heads"], dropout=self.dropout,
         drop_path=self.drop_path, scan=self.scan,
         remat_policy=self.remat_policy, dtype=dtype, act=self.act,
-        ln_eps=self.ln_eps, name="Transformer",
+        ln_eps=self.ln_eps, attention=self.attention, name="Transformer",
     )(x, deterministic=not train)
     out.update(blocks)
     encoded = out["encoded"] = x
 
     if self.pool_type == "map":
       x = MAPHead(arch["mlp_dim"], arch["num_heads"], dtype=dtype,
-                  act=self.act, ln_eps=self.ln_eps)(x)
+                  act=self.act, ln_eps=self.ln_eps,
+                  attention=self.attention)(x)
     elif self.pool_type == "gap":
       x = jnp.mean(x, axis=1)
     elif self.pool_type == "tok":
