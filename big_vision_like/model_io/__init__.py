@@ -56,6 +56,12 @@ IMPORTERS: dict[str, Callable[[str, int | None], Params]] = {
     "open_clip": clip.load,                # open_clip / OpenAI CLIP ViT.
 }
 
+# Formats that also carry a model's non-parameter state (e.g. BatchNorm's
+# running statistics): {collection: nested arrays}.
+STATE_IMPORTERS: dict[str, Callable[[str, int | None], dict[str, Any]]] = {
+    "timm_resnet": timm_resnet.load_resnet_state,
+}
+
 EXPORTERS: dict[str, Callable[[Mapping[str, Any], str], None]] = {
     "big_vision_npz": npz.save,
     "safetensors": safetensors_format.save,
@@ -76,6 +82,35 @@ def load(fmt: str, path: str, step: int | None = None) -> Params:
 def save(fmt: str, params: Mapping[str, Any], path: str) -> None:
   """`EXPORTERS[fmt](params, path)`; an unknown format names the closest."""
   config_lib.lookup(EXPORTERS, fmt, "model_io export format")(params, path)
+
+
+def state_importer(fmt: str) -> Callable[[str, int | None], dict[str, Any]]:
+  """`STATE_IMPORTERS[fmt]`, or a ConfigError naming the formats that carry
+  a model's state."""
+  if fmt not in STATE_IMPORTERS:
+    raise config_lib.ConfigError(
+        f"This model has state besides its params (e.g. batch statistics), "
+        f"which format {fmt!r} does not carry. Formats that do: "
+        f"{', '.join(['orbax', *STATE_IMPORTERS])} (format='orbax' without "
+        "resample_posemb or reinit_head); or use a model without it.")
+  return STATE_IMPORTERS[fmt]
+
+
+def load_state_into(fmt: str, path: str, step: int | None,
+                    model_state: Any) -> Any:
+  """`model_state` (a model's fresh non-parameter collections) replaced by
+  the file's, on the same shardings; what does not fit raises the one
+  missing/unexpected error of `surgery.fit`.
+
+  Raises:
+    ConfigError: `fmt` carries no model state (listing those that do), or
+      the file's state does not fit.
+  """
+  fitted, _ = surgery.fit(state_importer(fmt)(path, step), model_state,
+                          what="config.init_from (model state)")
+  named, treedef = tree_paths.flatten(model_state)
+  named = {n: jax.device_put(fitted[n], x.sharding) for n, x in named.items()}
+  return tree_paths.unflatten(treedef, list(named), named)
 
 
 def load_into(fmt: str, path: str, step: int | None, params: Any, *,

@@ -6,8 +6,8 @@ GroupNorm and weight-standardised convolutions) variables.
 needed, no pickled code run). BiT has only params; the BatchNorm ResNet also
 has running statistics, which go to the "batch_stats" collection:
 `convert_*` return the variables {"params": ..., "batch_stats": ...}; the
-`IMPORTERS` entries give the params, as every importer does (a warm start
-of a model with batch statistics needs them loaded with `convert_resnet`).
+`IMPORTERS` entries give the params, as every importer does, and
+`STATE_IMPORTERS["timm_resnet"]` the batch statistics.
 """
 
 from __future__ import annotations
@@ -101,6 +101,13 @@ def convert_bit(state_dict: dict[str, Any]) -> dict[str, Any]:
 def load_resnet(path: str, step: int | None = None) -> dict[str, Any]:
   """Our ResNet's params from a timm ResNet .safetensors or .pth file."""
   return convert_resnet(tn.read(path, step))["params"]
+
+
+def load_resnet_state(path: str, step: int | None = None) -> dict[str, Any]:
+  """Our ResNet's model state ({"batch_stats": running means and variances})
+  from the same file."""
+  variables = convert_resnet(tn.read(path, step))
+  return {k: v for k, v in variables.items() if k != "params"}
 
 
 def load_bit(path: str, step: int | None = None) -> dict[str, Any]:

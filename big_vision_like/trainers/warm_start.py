@@ -12,7 +12,9 @@
                "big_vision_npz" (`file.npz`, or `file.npz:key` for a
                sub-tree), "safetensors", and from torch state dicts
                (.safetensors, .pt/.pth): "timm_vit", "timm_resnet",
-               "timm_bit", "open_clip" (see model_io/__init__.py).
+               "timm_bit", "open_clip" (see model_io/__init__.py); a
+               model's batch statistics come from formats that carry them
+               ("orbax", "timm_resnet": `model_io.STATE_IMPORTERS`).
       resample_posemb  resample a position embedding of another grid size
                (fine-tuning at another resolution), bilinearly.
       reinit_head      keep the fresh head (e.g. another number of classes).
@@ -73,6 +75,9 @@ def init_from(cfg: Mapping[str, Any], state: state_lib.TrainState,
           "is; it does not combine with another format, resample_posemb or "
           "reinit_head.")
     params, model_state = _imported_params(cfg, state), state.model_state
+    if jax.tree.leaves(model_state):
+      model_state = model_io.load_state_into(
+          cfg["format"], str(cfg["path"]), cfg["step"], model_state)
   else:
     # Only what a model is made of; the checkpoint also holds opt_state etc.
     wanted = _group(state.params, state.model_state, cfg["into"])
@@ -131,10 +136,7 @@ def _imported_params(cfg: Mapping[str, Any], state: state_lib.TrainState
   """`state.params` with the leaves of `cfg`'s file or run put in, after the
   surgery `cfg` asks for (model_io.surgery.fit)."""
   if jax.tree.leaves(state.model_state):
-    raise config_lib.ConfigError(
-        "This model has state besides its params (e.g. batch statistics), "
-        "which only format='orbax' without resample_posemb or reinit_head "
-        "loads. Use that, or a model without it.")
+    model_io.state_importer(cfg["format"])  # Before reading anything.
   return model_io.load_into(
       cfg["format"], str(cfg["path"]), cfg["step"], state.params,
       resample_posemb=cfg["resample_posemb"], reinit_head=cfg["reinit_head"],

@@ -67,3 +67,50 @@ def test_a_resnet_state_dict_is_not_a_bit_one():
   with pytest.raises(config_lib.ConfigError,
                      match=r"Not a timm BiT.*'bn1\.bias'"):
     timm_resnet.convert_bit(_timm_resnet50_names())
+
+
+def _fresh_resnet18_state():
+  import flax.linen as nn
+  import optax
+  from big_vision_like import models
+  from big_vision_like.trainers import state as state_lib
+  model = models.build("resnet", dict(num_classes=10, depth=18))
+  variables = nn.unbox(model.init(jax.random.key(0), np.zeros(
+      (1, 32, 32, 3), np.float32), train=False))
+  tx = optax.sgd(0.1)
+  state = state_lib.create(variables, tx)
+  return state, tx, jax.tree.map(lambda x: x.sharding, state)
+
+
+def test_init_from_a_timm_resnet_loads_its_batch_statistics(tmp_path, timm,
+                                                            torch):
+  from big_vision_like.trainers import warm_start
+  theirs = timm.create_model("resnet18", pretrained=False, num_classes=7)
+  for module in theirs.modules():  # Statistics unlike a fresh model's.
+    if isinstance(module, torch.nn.BatchNorm2d):
+      module.running_mean.normal_()
+      module.running_var.uniform_(0.5, 2.0)
+  torch.save(theirs.state_dict(), tmp_path / "resnet18.pth")
+  fresh, tx, shardings = _fresh_resnet18_state()
+  state = warm_start.init_from(
+      {"path": str(tmp_path / "resnet18.pth"), "format": "timm_resnet",
+       "reinit_head": True}, fresh, tx, shardings)
+  sd = theirs.state_dict()
+  stats = state.model_state["batch_stats"]
+  np.testing.assert_array_equal(stats["layer2_0"]["downsample_bn"]["var"],
+                                sd["layer2.0.downsample.1.running_var"])
+  np.testing.assert_array_equal(stats["bn1"]["mean"], sd["bn1.running_mean"])
+  np.testing.assert_array_equal(
+      state.params["layer1_1"]["conv2"]["kernel"],
+      sd["layer1.1.conv2.weight"].numpy().transpose(2, 3, 1, 0))
+  # The head is the fresh one (10 classes, not timm's 7).
+  assert state.params["head"]["kernel"].shape == (512, 10)
+
+
+def test_a_format_without_batch_statistics_is_refused_for_a_resnet():
+  from big_vision_like.trainers import warm_start
+  fresh, tx, shardings = _fresh_resnet18_state()
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"'timm_bit' does not carry.*timm_resnet"):
+    warm_start.init_from({"path": "/nonexistent.pth", "format": "timm_bit"},
+                         fresh, tx, shardings)
