@@ -100,6 +100,7 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only, read_only=read_only,
         create=not read_only)
     self._async = async_save
+    self._refused: NonFiniteStateError | None = None
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, handler_registry=handler_registry())
 
@@ -114,14 +115,32 @@ class Checkpointer:
   def wait(self) -> None:
     """Blocks until every pending save is committed (re-raises its errors).
 
-    A save refused in the background (NonFiniteStateError) leaves orbax's
-    uncommitted temporary directory, which orbax removes at the next start
-    (never listed, never restored) or a new save of that step replaces.
+    Raises:
+      NonFiniteStateError: a save whose checks ran in the background found
+        NaN or Inf; that step has been deleted.
     """
     self._manager.wait_until_finished()
+    self._drop_refused()
+
+  def _drop_refused(self, reload: bool = True) -> None:
+    """Deletes the step a background check refused, and raises its error.
+
+    Orbax wrote and committed it (stopping its writers half-way would leave
+    them racing a later save of that step), flagged refused in its
+    integrity record, which restores reject, should this process die first.
+    """
+    error, self._refused = self._refused, None
+    if error is None:
+      return
+    if jax.process_index() == 0:
+      (self.directory / str(error.step)).rmtree(missing_ok=True)
+    if reload:
+      self._manager.reload()
+    raise error
 
   def close(self) -> None:
     self._manager.close()
+    self._drop_refused(reload=False)
 
   def save(self, step: int, state: PyTree, *, data_state: dict,
            metadata: dict, force: bool = False) -> None:
@@ -134,14 +153,16 @@ class Checkpointer:
     rolling back).
 
     Raises:
-      NonFiniteStateError: a leaf holds NaN or Inf; nothing is committed.
+      NonFiniteStateError: a leaf holds NaN or Inf; no such step is kept.
         Raised here when the checks run in the loop's thread (synchronous
         saves, several processes, accelerators), else by the next `wait` or
-        `save`.
+        `save`, which delete the step.
       CheckpointError: `step` is older than the latest and not `force`.
       TypeError: data_state or metadata is not a JSON-serialisable dict.
     """
     step = int(step)
+    if self._async:  # Orbax waits for the previous save anyway; check it.
+      self.wait()
     named, _ = tree_paths.flatten(state)
     json_items = {DATA_STATE: data_state, METADATA: metadata}
     for item, value in json_items.items():
@@ -192,8 +213,13 @@ class Checkpointer:
 
     def record() -> dict:
       returned.wait()
-      return self._integrity_record(step, shapes, json_items,
-                                    integrity.host_checks(views))
+      checks = integrity.host_checks(views)
+      try:
+        return self._integrity_record(step, shapes, json_items, checks)
+      except NonFiniteStateError as e:
+        self._refused = e  # Raised by the next `wait` or `save`.
+        return integrity.make_record(shapes, checks, json_items,
+                                     refused=e.leaves)
     return record
 
   @staticmethod

@@ -12,7 +12,7 @@ class CheckpointError(RuntimeError):
 
 
 class NonFiniteStateError(CheckpointError):
-  """`save` was given a state with NaN or Inf values; nothing was committed."""
+  """`save` was given a state with NaN or Inf values; nothing was kept."""
 
   def __init__(self, step: int, leaves: list[str]):
     self.step, self.leaves = step, leaves
@@ -20,8 +20,8 @@ class NonFiniteStateError(CheckpointError):
     more = f" (and {len(leaves) - 10} more)" if len(leaves) > 10 else ""
     super().__init__(
         f"Refusing to save step {step}: non-finite values (NaN/Inf) in "
-        f"{len(leaves)} leaves: {shown}{more}. Nothing was committed; the "
-        "last good checkpoint is untouched.")
+        f"{len(leaves)} leaves: {shown}{more}. Nothing was kept; the last "
+        "good checkpoint is untouched.")
 
 
 class CheckpointCorruptError(CheckpointError):

@@ -231,14 +231,19 @@ def json_digest(obj: Any) -> str:
 
 def make_record(named: Mapping[str, jax.Array],
                 checks: Mapping[str, tuple[bool, str]],
-                json_items: Mapping[str, Any]) -> dict[str, Any]:
-  """The integrity record (JSON) of a checkpoint."""
-  return {
+                json_items: Mapping[str, Any],
+                refused: list[str] | None = None) -> dict[str, Any]:
+  """The integrity record (JSON) of a checkpoint; `refused`: the non-finite
+  leaves of a step written only to be deleted (never restored)."""
+  record = {
       "format": FORMAT,
       "leaves": {n: {"shape": list(x.shape), "dtype": str(x.dtype),
                      "digest": checks[n][1]} for n, x in named.items()},
       "json": {k: json_digest(v) for k, v in json_items.items()},
   }
+  if refused:
+    record["refused"] = list(refused)
+  return record
 
 
 def parse_record(record: Any) -> tuple[dict[str, LeafRecord], dict[str, str]]:
@@ -250,6 +255,9 @@ def parse_record(record: Any) -> tuple[dict[str, LeafRecord], dict[str, str]]:
   try:
     if record["format"] != FORMAT:
       raise ValueError(f"unknown integrity record format {record['format']!r}")
+    if record.get("refused"):
+      raise ValueError("the save was refused: non-finite values in "
+                       + ", ".join(record["refused"][:10]))
     leaves = {n: LeafRecord(tuple(int(d) for d in r["shape"]), str(r["dtype"]),
                             str(r["digest"]))
               for n, r in record["leaves"].items()}

@@ -65,11 +65,9 @@ class _JsonHandler(ocp.JsonCheckpointHandler):
 @ocp.args.register_with_handler(_JsonHandler, for_save=True)
 @dataclasses.dataclass
 class PendingJsonSave(ocp.args.CheckpointArgs):
-  """Saves `item()`, called in orbax's background thread before the commit.
-
-  An exception from `item` fails the save: the step is never committed, and
-  the error is raised by the checkpointer's next `wait` or `save`.
-  """
+  """Saves `item()`, called in orbax's background thread before the commit
+  (an exception from `item` fails the save and leaves orbax's other writers
+  of the step unfinished: return a value instead)."""
   item: Callable[[], dict]  # Named as JsonSave's field, which the handler reads.
 
 

@@ -126,3 +126,10 @@ def test_verify_reports_digest_non_finite_and_json_problems():
 def test_parse_record_rejects_malformed_records(record):
   with pytest.raises(ValueError):
     integrity.parse_record(record)
+
+
+def test_a_refused_record_does_not_parse():
+  record = integrity.make_record({}, {}, {}, refused=["params/w"])
+  with pytest.raises(ValueError, match="refused: non-finite values in params/w"):
+    integrity.parse_record(record)
+  assert integrity.parse_record(integrity.make_record({}, {}, {})) == ({}, {})

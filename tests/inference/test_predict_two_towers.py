@@ -89,7 +89,7 @@ def test_embeddings_are_written_with_or_without_a_zero_shot_evaluator(
   other.evals = {"retrieval": dict(
       type="retrieval", data=dict(name="sklearn_digits_captions",
                                   split=SPLIT, data_dir=digits_data_dir),
-      pp=clip_demo.PP_RETRIEVAL, batch_size=32)}
+      pp=clip_demo.PP_IMAGE, batch_size=32)}
   without_eval = tmp_path / "b.npz"
   assert predict.run(other, str(workdir), paths[:5],
                      str(without_eval)) == train.EXIT_DONE
