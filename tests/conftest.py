@@ -25,6 +25,7 @@ import pytest
 
 from big_vision_like import models
 from big_vision_like import objectives
+from big_vision_like.trainers import train
 from input_pipeline import pipeline
 from input_pipeline import preprocess
 from input_pipeline import sources
@@ -191,3 +192,15 @@ def train_demo(digits_data_dir):
     return cache[key]
 
   return train
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory, digits_data_dir) -> pathlib.Path:
+  """The workdir of a 4-step tiny run (tests/model_io/tiny_run.py) at 8x8
+  pixels with 10 classes, trained once for every test that reads it (none
+  writes it)."""
+  from tests.model_io import tiny_run  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp("pretrained")
+  config = tiny_run.config(tiny_run.overrides(digits_data_dir))
+  assert train.run(config, str(workdir)) == 0
+  return workdir

@@ -12,6 +12,7 @@ train=True.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 
 from big_vision_like import config as config_lib
 from big_vision_like.models import common
+from big_vision_like.models import layers as layers_lib
 
 # Bottleneck units per stage.
 BIT_STAGES = {
@@ -49,43 +51,14 @@ def _check_depth(depth: int, table: dict[int, Any], model: str) -> None:
         f"{', '.join(map(str, sorted(table)))}.")
 
 
-def _head(num_classes: int, zeroinit: bool) -> nn.Dense:
+def _head(num_classes: int, zeroinit: bool,
+          policy: layers_lib.Policy) -> nn.Dense:
   kernel_init = (nn.initializers.zeros if zeroinit
                  else nn.initializers.lecun_normal())
-  return nn.Dense(
-      num_classes, name="head",
+  return layers_lib.dense(
+      policy, num_classes, name="head",
       kernel_init=common.partitioned(kernel_init, ("embed", "classes")),
       bias_init=common.partitioned(nn.initializers.zeros, ("classes",)))
-
-
-def _standardize(x: jax.Array, axis: tuple[int, ...], eps: float) -> jax.Array:
-  x = x - jnp.mean(x, axis=axis, keepdims=True)
-  return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=axis, keepdims=True)
-                           + eps)
-
-
-class StdConv(nn.Module):
-  """Bias-free convolution with a weight-standardised kernel, symmetric pad."""
-  features: int
-  kernel_size: int
-  strides: int = 1
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """(n, h, w, c) -> (n, h / strides, w / strides, features)."""
-    k = self.kernel_size
-    kernel = self.param(
-        "kernel",
-        common.partitioned(nn.initializers.lecun_normal(), _CONV_NAMES),
-        (k, k, x.shape[-1], self.features))
-    kernel = _standardize(kernel, axis=(0, 1, 2), eps=1e-10)
-    pad = (k - 1) // 2
-    return jax.lax.conv_general_dilated(
-        x.astype(self.dtype), kernel.astype(self.dtype),
-        window_strides=(self.strides, self.strides),
-        padding=((pad, pad), (pad, pad)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 class GroupNorm(nn.Module):
@@ -99,7 +72,7 @@ class GroupNorm(nn.Module):
     n, h, w, c = x.shape
     y = einops.rearrange(x.astype(jnp.float32), "n h w (g c) -> n h w g c",
                          g=self.num_groups)
-    y = einops.rearrange(_standardize(y, axis=(1, 2, 4), eps=1e-5),
+    y = einops.rearrange(layers_lib.standardize(y, axis=(1, 2, 4), eps=1e-5),
                          "n h w g c -> n h w (g c)")
     names = (None, None, None, "conv_out")
     scale = self.param("scale", common.partitioned(nn.initializers.ones, names),
@@ -114,6 +87,7 @@ class BiTUnit(nn.Module):
   nmid: int
   strides: int = 1
   dtype: Any = jnp.float32
+  policy: layers_lib.Policy = layers_lib.Policy()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -121,14 +95,15 @@ class BiTUnit(nn.Module):
     nout = 4 * self.nmid
     residual = x
     x = nn.relu(GroupNorm(dtype=self.dtype, name="gn1")(x))
+    conv = functools.partial(layers_lib.StdConv, dtype=self.dtype,
+                             policy=self.policy)
     if x.shape[-1] != nout or self.strides != 1:
-      residual = StdConv(nout, 1, self.strides, self.dtype,
-                         name="conv_proj")(x)
-    x = StdConv(self.nmid, 1, dtype=self.dtype, name="conv1")(x)
+      residual = conv(nout, 1, self.strides, name="conv_proj")(x)
+    x = conv(self.nmid, 1, name="conv1")(x)
     x = nn.relu(GroupNorm(dtype=self.dtype, name="gn2")(x))
-    x = StdConv(self.nmid, 3, self.strides, self.dtype, name="conv2")(x)
+    x = conv(self.nmid, 3, self.strides, name="conv2")(x)
     x = nn.relu(GroupNorm(dtype=self.dtype, name="gn3")(x))
-    x = StdConv(nout, 1, dtype=self.dtype, name="conv3")(x)
+    x = conv(nout, 1, name="conv3")(x)
     return x + residual
 
 
@@ -136,11 +111,13 @@ class BiTRoot(nn.Module):
   """7x7/2 weight-standardised conv, then 3x3/2 max-pool (no norm, no ReLU)."""
   width: int
   dtype: Any = jnp.float32
+  policy: layers_lib.Policy = layers_lib.Policy()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """(n, H, W, C) -> (n, H / 4, W / 4, width)."""
-    x = StdConv(self.width, 7, 2, self.dtype, name="conv_root")(x)
+    x = layers_lib.StdConv(self.width, 7, 2, self.dtype, self.policy,
+                           name="conv_root")(x)
     # Zero padding (not -inf) before the pool, as the original TF/PyTorch BiT
     # code and timm do.
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -154,13 +131,14 @@ class BiTStage(nn.Module):
   first_stride: int = 1
   dtype: Any = jnp.float32
   remat_policy: str = "none"
+  policy: layers_lib.Policy = layers_lib.Policy()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     unit_cls = common.remat(BiTUnit, self.remat_policy, "BiT")
     for j in range(self.units):
       x = unit_cls(self.nmid, self.first_stride if j == 0 else 1, self.dtype,
-                   name=f"unit{j + 1:02d}")(x)
+                   self.policy, name=f"unit{j + 1:02d}")(x)
     return x
 
 
@@ -177,6 +155,8 @@ class BiT(nn.Module):
     dtype: compute dtype name; parameters and logits stay float32.
     remat_policy: what each unit keeps for the backward pass (see
       `common.REMAT_POLICIES`); "none" keeps everything.
+    layers: how convolution and dense layers compute, a `layers.OPTIONS`
+      spec ("default", "conv_dot", "int8", ...).
   """
   num_classes: int = 0
   depth: int = 50
@@ -185,6 +165,7 @@ class BiT(nn.Module):
   head_zeroinit: bool = True
   dtype: str = "float32"
   remat_policy: str = "none"
+  layers: str = "default"
 
   def __post_init__(self):
     _check_depth(self.depth, BIT_STAGES, "BiT")
@@ -197,6 +178,7 @@ class BiT(nn.Module):
           ">= 1 (units per stage), or None for depth's.")
     common.compute_dtype(self.dtype)
     common.remat(BiTUnit, self.remat_policy, "BiT")
+    layers_lib.parse(self.layers, "BiT layers")
     super().__post_init__()
 
   @nn.compact
@@ -209,33 +191,35 @@ class BiT(nn.Module):
     """
     del train  # GroupNorm behaves the same in training and evaluation.
     dtype = common.compute_dtype(self.dtype)
+    policy = layers_lib.parse(self.layers)
     width = int(64 * self.width)
     out = {}
 
-    x = out["stem"] = BiTRoot(width, dtype, name="root_block")(image)
+    x = out["stem"] = BiTRoot(width, dtype, policy, name="root_block")(image)
     for s, units in enumerate(self.stage_sizes or BIT_STAGES[self.depth]):
       x = out[f"stage{s + 1}"] = BiTStage(
           units, width * 2**s, first_stride=1 if s == 0 else 2, dtype=dtype,
-          remat_policy=self.remat_policy, name=f"block{s + 1}")(x)
+          remat_policy=self.remat_policy, policy=policy,
+          name=f"block{s + 1}")(x)
 
     x = nn.relu(GroupNorm(dtype=dtype, name="norm-pre-head")(x))
     x = out["pre_logits_2d"] = x.astype(jnp.float32)
     x = out["pre_logits"] = jnp.mean(x, axis=(1, 2))
     if self.num_classes:
-      x = _head(self.num_classes, self.head_zeroinit)(x)
+      x = _head(self.num_classes, self.head_zeroinit, policy)(x)
     out["logits"] = x
     return x, out
 
 
-def _conv(features: int, k: int, strides: int, dtype: Any,
-          name: str) -> nn.Conv:
+def _conv(features: int, k: int, strides: int, dtype: Any, name: str,
+          policy: layers_lib.Policy) -> nn.Conv:
   """Bias-free k x k conv, torch-style symmetric padding, Kaiming fan-out."""
   init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
   pad = (k - 1) // 2
-  return nn.Conv(features, (k, k), (strides, strides),
-                 padding=((pad, pad), (pad, pad)), use_bias=False,
-                 dtype=dtype, name=name,
-                 kernel_init=common.partitioned(init, _CONV_NAMES))
+  return layers_lib.conv(policy, features, (k, k), (strides, strides),
+                         padding=((pad, pad), (pad, pad)), use_bias=False,
+                         dtype=dtype, name=name,
+                         kernel_init=common.partitioned(init, _CONV_NAMES))
 
 
 def _batch_norm(train: bool, dtype: Any, name: str,
@@ -261,6 +245,7 @@ class ResNetBlock(nn.Module):
   zero_init_last: bool = True
   train: bool = False
   dtype: Any = jnp.float32
+  policy: layers_lib.Policy = layers_lib.Policy()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -269,7 +254,7 @@ class ResNetBlock(nn.Module):
     residual = x
     if x.shape[-1] != nout or self.strides != 1:
       residual = _conv(nout, 1, self.strides, self.dtype,
-                       "downsample_conv")(x)
+                       "downsample_conv", self.policy)(x)
       residual = _batch_norm(self.train, self.dtype, "downsample_bn")(residual)
 
     if self.bottleneck:
@@ -277,7 +262,7 @@ class ResNetBlock(nn.Module):
     else:
       convs = ((self.nmid, 3, self.strides), (nout, 3, 1))
     for i, (features, k, strides) in enumerate(convs, 1):
-      x = _conv(features, k, strides, self.dtype, f"conv{i}")(x)
+      x = _conv(features, k, strides, self.dtype, f"conv{i}", self.policy)(x)
       x = _batch_norm(self.train, self.dtype, f"bn{i}",
                       zero_scale=self.zero_init_last and i == len(convs))(x)
       if i < len(convs):
@@ -297,6 +282,8 @@ class ResNet(nn.Module):
     dtype: compute dtype name; parameters and logits stay float32.
     remat_policy: what each unit keeps for the backward pass (see
       `common.REMAT_POLICIES`); "none" keeps everything.
+    layers: how convolution and dense layers compute, a `layers.OPTIONS`
+      spec ("default", "conv_dot", "int8", ...).
   """
   num_classes: int = 0
   depth: int = 50
@@ -304,11 +291,13 @@ class ResNet(nn.Module):
   head_zeroinit: bool = True
   dtype: str = "float32"
   remat_policy: str = "none"
+  layers: str = "default"
 
   def __post_init__(self):
     _check_depth(self.depth, RESNET_STAGES, "ResNet")
     common.compute_dtype(self.dtype)
     common.remat(ResNetBlock, self.remat_policy, "ResNet")
+    layers_lib.parse(self.layers, "ResNet layers")
     super().__post_init__()
 
   @nn.compact
@@ -322,10 +311,11 @@ class ResNet(nn.Module):
     "logits".
     """
     dtype = common.compute_dtype(self.dtype)
+    policy = layers_lib.parse(self.layers)
     stages, bottleneck = RESNET_STAGES[self.depth]
     out = {}
 
-    x = _conv(64, 7, 2, dtype, "conv1")(image)
+    x = _conv(64, 7, 2, dtype, "conv1", policy)(image)
     x = nn.relu(_batch_norm(train, dtype, "bn1")(x))
     x = out["stem"] = nn.max_pool(x, (3, 3), strides=(2, 2),
                                   padding=((1, 1), (1, 1)))
@@ -335,12 +325,13 @@ class ResNet(nn.Module):
         x = block_cls(
             64 * 2**s, strides=2 if s > 0 and j == 0 else 1,
             bottleneck=bottleneck, zero_init_last=self.zero_init_last,
-            train=train, dtype=dtype, name=f"layer{s + 1}_{j}")(x)
+            train=train, dtype=dtype, policy=policy,
+            name=f"layer{s + 1}_{j}")(x)
       out[f"stage{s + 1}"] = x
 
     x = out["pre_logits_2d"] = x.astype(jnp.float32)
     x = out["pre_logits"] = jnp.mean(x, axis=(1, 2))
     if self.num_classes:
-      x = _head(self.num_classes, self.head_zeroinit)(x)
+      x = _head(self.num_classes, self.head_zeroinit, policy)(x)
     out["logits"] = x
     return x, out

@@ -21,6 +21,7 @@ import numpy as np
 
 from big_vision_like import config as config_lib
 from big_vision_like.models import common
+from big_vision_like.models import layers as layers_lib
 from big_vision_like.models import vit
 
 # "last": the final token (big_vision's "sticky" EOS padding puts EOS there);
@@ -74,6 +75,7 @@ class TextTransformer(nn.Module):
     scan: nn.scan over the blocks (params stacked on axis 0, "layers").
     remat_policy: what each block keeps for the backward pass, see
       `vit.remat_policy` (None: "nothing_saveable" with `scan`, else "none").
+    layers: how dense and attention layers compute, see `vit.ViT`.
     dtype: compute dtype name; parameters stay float32, and everything from
       the pooled representation on is float32.
   """
@@ -94,6 +96,7 @@ class TextTransformer(nn.Module):
   attention: str = "xla"
   scan: bool = False
   remat_policy: str | None = None
+  layers: str = "default"
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -106,6 +109,7 @@ class TextTransformer(nn.Module):
                       "text remat_policy")
     config_lib.lookup(vit.ACTIVATIONS, self.act, "text act")
     config_lib.lookup(vit.ATTENTION, self.attention, "text attention")
+    layers_lib.parse(self.layers, "text layers")
     common.compute_dtype(self.dtype)
     if not 0.0 <= self.dropout < 1.0:
       raise config_lib.ConfigError(
@@ -146,6 +150,7 @@ class TextTransformer(nn.Module):
     """
     arch = self.arch()
     dtype = common.compute_dtype(self.dtype)
+    policy = layers_lib.parse(self.layers)
     out = {}
 
     embed_init = common.partitioned(nn.linear.default_embed_init,
@@ -164,7 +169,7 @@ class TextTransformer(nn.Module):
         depth=arch["depth"], mlp_dim=arch["mlp_dim"],
         num_heads=arch["num_heads"], dropout=self.dropout, scan=self.scan,
         remat_policy=self.remat_policy, dtype=dtype, act=self.act,
-        ln_eps=self.ln_eps, attention=self.attention)
+        ln_eps=self.ln_eps, attention=self.attention, policy=policy)
     if self.autoregressive:
       with nn.intercept_methods(_causal_self_attention):
         x, blocks = encoder(x, deterministic=not train)
@@ -184,14 +189,14 @@ class TextTransformer(nn.Module):
     else:  # "map"
       x = vit.MAPHead(arch["mlp_dim"], arch["num_heads"], dtype=dtype,
                       act=self.act, ln_eps=self.ln_eps,
-                      attention=self.attention)(x)
+                      attention=self.attention, policy=policy)(x)
     x = out["pre_logits"] = x.astype(jnp.float32)
 
     if self.num_classes:
       kernel_init = (nn.initializers.zeros if self.head_zeroinit
                      else nn.initializers.lecun_normal())
-      x = nn.Dense(
-          self.num_classes, name="head", use_bias=self.head_bias,
+      x = layers_lib.dense(
+          policy, self.num_classes, name="head", use_bias=self.head_bias,
           kernel_init=common.partitioned(kernel_init, ("embed", "classes")),
           bias_init=common.partitioned(nn.initializers.zeros, ("classes",)),
       )(x)

@@ -22,6 +22,7 @@ import numpy as np
 
 from big_vision_like import config as config_lib
 from big_vision_like.models import common
+from big_vision_like.models import layers as layers_lib
 
 # (width, depth, mlp_dim, num_heads), from big_vision's decode_variant
 # (Table 2 of arxiv.org/abs/2106.04560, plus So400m and the -opt shapes).
@@ -133,11 +134,11 @@ def _fused_attention(query, key, value, bias=None, mask=None, *,
 ATTENTION = {"xla": nn.dot_product_attention, "fused": _fused_attention}
 
 
-def _attention(num_heads: int, dtype: Any, impl: str = "xla"
-               ) -> nn.MultiHeadDotProductAttention:
+def _attention(num_heads: int, dtype: Any, impl: str,
+               policy: layers_lib.Policy) -> nn.MultiHeadDotProductAttention:
   xavier = nn.initializers.xavier_uniform()
-  return nn.MultiHeadDotProductAttention(
-      num_heads=num_heads, dtype=dtype, attention_fn=ATTENTION[impl],
+  return layers_lib.attention(
+      policy, num_heads, dtype=dtype, attention_fn=ATTENTION[impl],
       kernel_init=common.partitioned(xavier, ("embed", "heads", "kv")),
       bias_init=common.partitioned(nn.initializers.zeros, ("heads", "kv")),
       out_kernel_init=common.partitioned(xavier, ("heads", "kv", "embed")),
@@ -150,6 +151,7 @@ class MlpBlock(nn.Module):
   dropout: float = 0.0
   dtype: Any = jnp.float32
   act: str = "gelu"
+  policy: layers_lib.Policy = layers_lib.Policy()
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool) -> jax.Array:
@@ -157,15 +159,17 @@ class MlpBlock(nn.Module):
     d = x.shape[-1]
     xavier = nn.initializers.xavier_uniform()
     tiny = nn.initializers.normal(stddev=1e-6)
-    x = nn.Dense(self.mlp_dim, dtype=self.dtype,
-                 kernel_init=common.partitioned(xavier, ("embed", "mlp")),
-                 bias_init=common.partitioned(tiny, ("mlp",)))(x)
+    x = layers_lib.dense(
+        self.policy, self.mlp_dim, dtype=self.dtype,
+        kernel_init=common.partitioned(xavier, ("embed", "mlp")),
+        bias_init=common.partitioned(tiny, ("mlp",)))(x)
     x = nn.with_logical_constraint(x, ("batch", "length", "mlp"))
     x = ACTIVATIONS[self.act](x)
     x = nn.Dropout(rate=self.dropout)(x, deterministic)
-    return nn.Dense(d, dtype=self.dtype,
-                    kernel_init=common.partitioned(xavier, ("mlp", "embed")),
-                    bias_init=common.partitioned(tiny, ("embed",)))(x)
+    return layers_lib.dense(
+        self.policy, d, dtype=self.dtype,
+        kernel_init=common.partitioned(xavier, ("mlp", "embed")),
+        bias_init=common.partitioned(tiny, ("embed",)))(x)
 
 
 class Encoder1DBlock(nn.Module):
@@ -177,6 +181,7 @@ class Encoder1DBlock(nn.Module):
   act: str = "gelu"
   ln_eps: float = 1e-6
   attention: str = "xla"
+  policy: layers_lib.Policy = layers_lib.Policy()
 
   def _drop_path(self, x: jax.Array, rate: jax.Array | None,
                  deterministic: bool) -> jax.Array:
@@ -199,14 +204,14 @@ class Encoder1DBlock(nn.Module):
     y = _layer_norm(self.dtype, epsilon=self.ln_eps)(x)
     # Attention weights are sown into "intermediates" (for attention
     # rollout); a no-op unless that collection is mutable in `apply`.
-    y = _attention(self.num_heads, self.dtype, self.attention)(
+    y = _attention(self.num_heads, self.dtype, self.attention, self.policy)(
         y, y, sow_weights=True)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + self._drop_path(y, drop_path, deterministic)
 
     y = _layer_norm(self.dtype, epsilon=self.ln_eps)(x)
-    y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, self.act)(
-        y, deterministic)
+    y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, self.act,
+                 self.policy)(y, deterministic)
     y = nn.Dropout(rate=self.dropout)(y, deterministic)
     x = x + self._drop_path(y, drop_path, deterministic)
     x = nn.with_logical_constraint(x, _ACTIVATION)
@@ -226,6 +231,7 @@ class Encoder(nn.Module):
   act: str = "gelu"
   ln_eps: float = 1e-6
   attention: str = "xla"
+  policy: layers_lib.Policy = layers_lib.Policy()
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool
@@ -237,7 +243,8 @@ class Encoder(nn.Module):
       rates = jnp.linspace(0.0, self.drop_path, self.depth)
     block_kw = dict(mlp_dim=self.mlp_dim, num_heads=self.num_heads,
                     dropout=self.dropout, dtype=self.dtype, act=self.act,
-                    ln_eps=self.ln_eps, attention=self.attention)
+                    ln_eps=self.ln_eps, attention=self.attention,
+                    policy=self.policy)
     out = {}
     block_cls = common.remat(
         Encoder1DBlock, remat_policy(self.remat_policy, self.scan), "ViT",
@@ -270,6 +277,7 @@ class MAPHead(nn.Module):
   act: str = "gelu"
   ln_eps: float = 1e-6
   attention: str = "xla"
+  policy: layers_lib.Policy = layers_lib.Policy()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -279,11 +287,11 @@ class MAPHead(nn.Module):
         "probe", common.partitioned(nn.initializers.xavier_uniform(),
                                     (None, None, "embed")), (1, 1, d))
     probe = jnp.tile(probe.astype(x.dtype), [n, 1, 1])
-    x = _attention(self.num_heads, self.dtype, self.attention)(
+    x = _attention(self.num_heads, self.dtype, self.attention, self.policy)(
         probe, x, sow_weights=True)
     y = _layer_norm(self.dtype, epsilon=self.ln_eps)(x)
-    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, act=self.act)(
-        y, deterministic=True)
+    x = x + MlpBlock(self.mlp_dim, dtype=self.dtype, act=self.act,
+                     policy=self.policy)(y, deterministic=True)
     return x[:, 0]
 
 
@@ -322,6 +330,8 @@ class ViT(nn.Module):
     attention: "xla" (flax's; attention weights can be sown for rollout) or
       "fused" (`jax.nn.dot_product_attention`: cuDNN flash attention on GPU
       where it applies, XLA elsewhere; the same values).
+    layers: how dense, convolution and attention layers compute, a
+      `layers.OPTIONS` spec ("default", "conv_dot", "int8", ...).
     dtype: compute dtype name; parameters stay float32, and everything from
       the head input on (pre_logits, logits) is float32.
   """
@@ -347,6 +357,7 @@ class ViT(nn.Module):
   scan: bool = False
   remat_policy: str | None = None
   attention: str = "xla"
+  layers: str = "default"
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -364,6 +375,7 @@ class ViT(nn.Module):
                                                    self.scan),
                       "ViT remat_policy")
     config_lib.lookup(ATTENTION, self.attention, "ViT attention")
+    layers_lib.parse(self.layers, "ViT layers")
     common.compute_dtype(self.dtype)
     for key in ("dropout", "drop_path"):
       if not 0.0 <= getattr(self, key) < 1.0:
@@ -402,10 +414,11 @@ class ViT(nn.Module):
     """
     arch = self.arch()
     dtype = common.compute_dtype(self.dtype)
+    policy = layers_lib.parse(self.layers)
     out = {}
 
-    x = out["stem"] = nn.Conv(
-        arch["width"], arch["patch_size"], strides=arch["patch_size"],
+    x = out["stem"] = layers_lib.conv(
+        policy, arch["width"], arch["patch_size"], arch["patch_size"],
         padding="VALID", dtype=dtype, name="embedding",
         use_bias=self.stem_bias,
         kernel_init=common.partitioned(nn.initializers.lecun_normal(),
@@ -442,7 +455,8 @@ class ViT(nn.Module):
         num_heads=arch["num_heads"], dropout=self.dropout,
         drop_path=self.drop_path, scan=self.scan,
         remat_policy=self.remat_policy, dtype=dtype, act=self.act,
-        ln_eps=self.ln_eps, attention=self.attention, name="Transformer",
+        ln_eps=self.ln_eps, attention=self.attention, policy=policy,
+        name="Transformer",
     )(x, deterministic=not train)
     out.update(blocks)
     encoded = out["encoded"] = x
@@ -450,7 +464,7 @@ class ViT(nn.Module):
     if self.pool_type == "map":
       x = MAPHead(arch["mlp_dim"], arch["num_heads"], dtype=dtype,
                   act=self.act, ln_eps=self.ln_eps,
-                  attention=self.attention)(x)
+                  attention=self.attention, policy=policy)(x)
     elif self.pool_type == "gap":
       x = jnp.mean(x, axis=1)
     elif self.pool_type == "tok":
@@ -461,8 +475,8 @@ class ViT(nn.Module):
 
     if self.rep_size:
       rep_size = d if self.rep_size is True else self.rep_size
-      hid = nn.Dense(
-          rep_size, name="pre_logits",
+      hid = layers_lib.dense(
+          policy, rep_size, name="pre_logits",
           kernel_init=common.partitioned(nn.initializers.lecun_normal(),
                                          ("embed", "mlp")),
           bias_init=common.partitioned(nn.initializers.zeros, ("mlp",)))
@@ -472,8 +486,8 @@ class ViT(nn.Module):
     if self.num_classes:
       kernel_init = (nn.initializers.zeros if self.head_zeroinit
                      else nn.initializers.lecun_normal())
-      head = nn.Dense(
-          self.num_classes, name="head", use_bias=self.head_bias,
+      head = layers_lib.dense(
+          policy, self.num_classes, name="head", use_bias=self.head_bias,
           kernel_init=common.partitioned(kernel_init, ("embed", "classes")),
           bias_init=common.partitioned(nn.initializers.zeros, ("classes",)))
       x, x_2d = head(x), head(x_2d)
