@@ -119,3 +119,67 @@ def test_with_quant_swaps_only_the_weight_option():
   assert layers.with_quant("int8", "none") == "default"
   assert layers.parse("conv_dot+int8") == layers.Policy("dot", "int8")
   assert layers.parse("default") == layers.Policy("auto", "none")
+
+
+@pytest.mark.parametrize("a_shape,b_shape,c", [
+    ((3, 5, 8), (8, 6), 1),          # Dense.
+    ((3, 5, 8), (8, 2, 4), 1),       # Attention's query/key/value.
+    ((3, 5, 2, 4), (2, 4, 8), 2),    # Attention's output.
+])
+def test_f32acc_dots_give_float32_and_run_the_gradient_dots_in_bf16(
+    a_shape, b_shape, c):
+  a = jax.random.normal(jax.random.key(0), a_shape, jnp.bfloat16)
+  b = jax.random.normal(jax.random.key(1), b_shape, jnp.bfloat16)
+  dn = ((tuple(range(len(a_shape) - c, len(a_shape))), tuple(range(c))),
+        ((), ()))
+
+  def loss(a, b, mode):
+    if mode == "reference":  # jax's own VJP: f32 x bf16 gradient dots.
+      y = jax.lax.dot_general(a, b, dn, preferred_element_type=jnp.float32)
+    else:
+      y = layers.dot_general(a, b, dn, mode=mode)
+    return jnp.sum(jnp.sin(y)), y
+
+  (_, want), want_g = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+      a, b, "reference")
+  (_, got), got_g = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+      a, b, "f32acc")
+  assert got.dtype == jnp.float32
+  np.testing.assert_array_equal(got, want)
+  for g, h in zip(got_g, want_g):
+    assert g.dtype == jnp.bfloat16
+    np.testing.assert_allclose(g.astype(np.float32), h.astype(np.float32),
+                               rtol=2e-2, atol=5e-2)
+  # Every dot, backward too, takes bf16 operands and accumulates in f32.
+  dots = _dots(jax.make_jaxpr(jax.grad(lambda a, b: loss(a, b, "f32acc")[0],
+                                       (0, 1)))(a, b).jaxpr)
+  assert len(dots) == 3
+  for eqn in dots:
+    assert [v.aval.dtype for v in eqn.invars] == [jnp.bfloat16] * 2
+    assert eqn.params["preferred_element_type"] == jnp.float32
+
+
+def _dots(jaxpr) -> list:
+  """The dot_general equations of a jaxpr and of the jaxprs inside it."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(eqn)
+    for param in eqn.params.values():
+      inner = getattr(param, "jaxpr", param)
+      if hasattr(inner, "eqns"):
+        found += _dots(inner)
+  return found
+
+
+def test_bf16_vit_under_f32acc_follows_the_native_bf16_vit():
+  kw = dict(num_classes=10, width=32, depth=2, mlp_dim=64, num_heads=4,
+            patch_size=4, head_zeroinit=False, dtype="bfloat16")
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  native = models.build("vit", dict(kw, layers="dot_native"))
+  f32acc = models.build("vit", dict(kw, layers="dot_f32acc"))
+  params = native.init(jax.random.key(1), x, train=False)["params"]
+  want = native.apply({"params": params}, x, train=False)[0]
+  got = f32acc.apply({"params": params}, x, train=False)[0]
+  np.testing.assert_allclose(got, want, atol=0.05 * float(
+      jnp.max(jnp.abs(want))))
