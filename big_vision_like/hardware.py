@@ -56,11 +56,17 @@ def _lookup(kind: str) -> tuple[float, float] | None:
 @functools.cache
 def measured_cpu_peak(dtype: str = "float32", n: int = 2048,
                       repeats: int = 5) -> float:
-  """FLOP/s of the best of `repeats` n x n matmuls on the first CPU device."""
+  """FLOP/s of the best of `repeats` n x n matmuls on the first CPU device.
+
+  The product accumulates and is returned in float32, as the models' CPU
+  dots do (`models.layers`): for bf16, XLA's CPU backend runs that natively
+  where the CPU has AVX512-BF16 or AMX, and a bf16-output dot 2-3x slower.
+  """
   device = jax.devices("cpu")[0]
   x = jax.device_put(jnp.asarray(np.random.default_rng(0).standard_normal(
       (n, n)), dtype), device)
-  matmul = jax.jit(lambda a, b: a @ b)
+  matmul = jax.jit(lambda a, b: jnp.matmul(
+      a, b, preferred_element_type=jnp.float32))
   matmul(x, x).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
