@@ -34,7 +34,8 @@ def test_side_by_side_times_every_contender_and_pairs_the_ratios():
   for name in names:
     c = figures["contenders"][name]
     assert len(c["round_s"]) == 2 and all(t > 0 for t in c["round_s"])
-    assert min(c["round_s"]) <= c["median_s"] <= max(c["round_s"])
+    assert min(c["round_s"]) == c["best_s"] <= c["median_s"] <= max(
+        c["round_s"])
     assert c["images_per_s"] == pytest.approx(2 / c["median_s"])
     assert c["params"] > 1e7
   # The override reached our model: ViT-S/16 (22,122,472 params with its
@@ -51,6 +52,9 @@ def test_side_by_side_times_every_contender_and_pairs_the_ratios():
       assert ratio["min"] == pytest.approx(min(paired))
       assert ratio["max"] == pytest.approx(max(paired))
       assert ratio["min"] <= ratio["median"] <= ratio["max"]
+      assert ratio["best_rounds"] == pytest.approx(
+          figures["contenders"]["timm"]["best_s"]
+          / figures["contenders"][name]["best_s"])
 
 
 def test_side_by_side_rejects_an_override_without_a_value():
