@@ -11,8 +11,9 @@ at a time, the others wait on their pipe):
   ours      the trainer's step (`bench.prepare` + `compile_train`: guard,
             metrics, the config's optimizer: AdamW for ViT, SGD for ResNet);
   minimal   `state.make_minimal_train_step` on the same model and optimizer;
-  timm      timm eager (`TIMM` below), AdamW, cross-entropy, fp32 or
-            bf16 autocast; skipped with a note if torch or timm is missing;
+  timm      timm eager (`MODELS` below), AdamW, cross-entropy, fp32 or
+            bf16 autocast; skipped with a note if torch or timm is missing
+            (our ViT configs add a pre-logits layer: parameters printed);
   timm_cl   timm with channels_last (resnet50 only);
   timm_compile  `torch.compile`d timm (with `--torch_compile`).
 
