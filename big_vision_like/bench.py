@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import re
 import resource
@@ -29,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -76,9 +78,56 @@ def _checkpoint_times(state: Any, abstract_state: Any) -> dict[str, float]:
           "ckpt_restore_s": restore}
 
 
-def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
-            warmup: int = 2, checkpoint: bool = True) -> dict[str, Any]:
-  """The figures of one config's train step (see the module docstring)."""
+@dataclasses.dataclass
+class Prepared:
+  """A config's train state and inputs, built as the trainer builds them.
+
+  `state` is a fresh train state on its shardings; `batch_spec` the global
+  batch's shapes; `train_iter` the started input pipeline (dicts of global
+  arrays on `env.data_sharding`); `frozen_args` the objective's frozen
+  variables (empty for most). `compile_train` / `compile_minimal` give the
+  two steps `step(state, batch, *frozen_args) -> (state, metrics or loss)`,
+  both donating `state`; call them under `sharding.use_mesh(env.mesh,
+  env.rules)`.
+  """
+  config: ml_collections.ConfigDict
+  objective: Any
+  env: setup.Env
+  tx: Any
+  lr_fn: Any
+  step_rng: jax.Array
+  abstract_state: Any
+  shardings: Any
+  state: Any
+  batch_spec: dict[str, Any]
+  train_iter: Any
+  frozen_args: tuple[Any, ...]
+  flops_per_step: int
+
+  def compile_train(self) -> Any:
+    """The trainer's step (`setup.compile_train_step`), compiled."""
+    return setup.compile_train_step(
+        self.objective, self.tx, self.lr_fn, self.step_rng,
+        self.abstract_state, self.shardings, self.batch_spec, self.env,
+        self.frozen_args, setup.microbatches(self.config, self.objective,
+                                             self.env.data_sharding))
+
+  def compile_minimal(self) -> Any:
+    """`state.make_minimal_train_step` (forward, loss, gradient, update)."""
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype,
+                                     sharding=self.env.data_sharding)
+             for k, v in self.batch_spec.items()}
+    return jax.jit(
+        state_lib.make_minimal_train_step(self.objective.loss, self.tx),
+        donate_argnums=(0,)).lower(self.abstract_state, batch,
+                                   *self.frozen_args).compile()
+
+
+@contextlib.contextmanager
+def prepare(config: ml_collections.ConfigDict, total_steps: int
+            ) -> Iterator[Prepared]:
+  """Builds `config`'s state and started input (mock data if the config
+  asks for it) for `total_steps` steps; closes the input on exit."""
   config = config_lib.resolve(config)
   objective = setup.validate(config)
   env = setup.make_env(config)
@@ -90,9 +139,9 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
     cleanup.enter_context(contextlib.closing(train_iter))
     init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
     abstract_vars = setup.abstract_variables(objective, batch_spec, init_rng)
-    total = warmup + steps
     tx, lr_fn = optim.make(config.optim, dict(config.schedule, warmup_steps=0),
-                           nn.unbox(abstract_vars["params"]), max(total, 2))
+                           nn.unbox(abstract_vars["params"]),
+                           max(total_steps, 2))
     abstract_state, shardings = setup.sharded_train_state(
         objective, tx, batch_spec, init_rng, env, config.sharding.overrides)
     state = setup.create_train_state(objective, tx, batch_spec, init_rng,
@@ -101,31 +150,35 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
     formula = setup.train_flops(objective, abstract_vars, batch_spec,
                                 frozen.args)
     train_iter.start()
-    with sharding.use_mesh(env.mesh, env.rules):
+    yield Prepared(config, objective, env, tx, lr_fn, step_rng,
+                   abstract_state, shardings, state, batch_spec, train_iter,
+                   frozen.args, formula)
+
+
+def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
+            warmup: int = 2, checkpoint: bool = True) -> dict[str, Any]:
+  """The figures of one config's train step (see the module docstring)."""
+  total = warmup + steps
+  with prepare(config, total) as p:
+    config, state = p.config, p.state
+    with sharding.use_mesh(p.env.mesh, p.env.rules):
       t = time.perf_counter()
-      step_fn = setup.compile_train_step(
-          objective, tx, lr_fn, step_rng, abstract_state, shardings,
-          batch_spec, env, frozen.args,
-          setup.microbatches(config, objective, env.data_sharding))
+      step_fn = p.compile_train()
       compile_s = time.perf_counter() - t
       t = time.perf_counter()
-      minimal = jax.jit(
-          state_lib.make_minimal_train_step(objective.loss, tx),
-          donate_argnums=(0,)).lower(abstract_state, {
-              k: jax.ShapeDtypeStruct(v.shape, v.dtype,
-                                      sharding=env.data_sharding)
-              for k, v in batch_spec.items()}, *frozen.args).compile()
+      minimal = p.compile_minimal()
       compile_minimal_s = time.perf_counter() - t
       times, waits = [], []
       for i in range(total):
         t = time.perf_counter()
-        batch = next(train_iter)
+        batch = next(p.train_iter)
         wait = time.perf_counter() - t
-        state, metrics = step_fn(state, batch, *frozen.args)
+        state, metrics = step_fn(state, batch, *p.frozen_args)
         jax.block_until_ready((state, metrics))
         if i >= warmup:
           times.append(time.perf_counter() - t)
           waits.append(wait)
+  abstract_state, formula = p.abstract_state, p.flops_per_step
   cost = step_fn.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   memory = step_fn.memory_analysis()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import subprocess
 import time
 
 import jax
@@ -43,6 +44,20 @@ def cpu_model() -> str:
   except OSError:
     pass
   return platform.processor() or platform.machine()
+
+
+def lscpu_model() -> str:
+  """`lscpu`'s "Model name" (what figures in the README name), else
+  `cpu_model()` where lscpu is missing."""
+  try:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True,
+                         check=True).stdout
+  except (OSError, subprocess.CalledProcessError):
+    return cpu_model()
+  for line in out.splitlines():
+    if line.startswith("Model name:"):
+      return line.split(":", 1)[1].strip()
+  return cpu_model()
 
 
 def _lookup(kind: str) -> tuple[float, float] | None:
