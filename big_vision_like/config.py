@@ -210,6 +210,15 @@ def load_resolved(spec: str, overrides: Mapping[str, Any]
   return config
 
 
+def define_run_flags(flags: Any) -> None:
+  """Defines --config, --workdir and --step on `flags` (absl.flags): the
+  flags of every command that reads a run's checkpoint."""
+  flags.DEFINE_string("config", None, "Config file of the run, e.g. "
+                      "configs/demo.py[:arg]; --config.a.b=value overrides.")
+  flags.DEFINE_string("workdir", None, "The run's workdir (its checkpoints).")
+  flags.DEFINE_integer("step", None, "The checkpoint step (default: newest).")
+
+
 def absl_flags_parser(flag_values: Any, overrides: dict[str, Any]
                       ) -> Callable[[list[str]], list[str]]:
   """An `absl.app.run(flags_parser=...)` that takes the `--config.a.b=value`

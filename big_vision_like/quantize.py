@@ -244,10 +244,7 @@ _OVERRIDES: dict[str, Any] = {}
 
 
 def _define_flags() -> None:
-  flags.DEFINE_string("config", None, "Config file of the run, e.g. "
-                      "configs/demo.py[:arg]; --config.a.b=value overrides.")
-  flags.DEFINE_string("workdir", None, "The run's workdir.")
-  flags.DEFINE_integer("step", None, "The checkpoint step (default: newest).")
+  config_lib.define_run_flags(flags)
   flags.DEFINE_list("evals", None, "Evaluators to run (default: all).")
   flags.DEFINE_string("out", None, "Write the int8 params here (.npz).")
   flags.DEFINE_string("report", None, "Also write the report here (.json).")

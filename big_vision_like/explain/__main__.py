@@ -15,14 +15,12 @@ from absl import logging
 from big_vision_like import config as config_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "Config file, e.g. configs/demo.py[:arg].")
-flags.DEFINE_string("workdir", None, "The run's workdir (its checkpoints).")
+config_lib.define_run_flags(flags)
 flags.DEFINE_list("inputs", None, "Image files, or folders of images.")
 flags.DEFINE_string("output", None, "The folder the overlays go to.")
 flags.DEFINE_string("method", "saliency",
                     "saliency, smoothgrad, gradcam (ResNet/BiT) or rollout "
                     "(ViT).")
-flags.DEFINE_integer("step", None, "The checkpoint step (default: newest).")
 flags.DEFINE_list("evals", None, "The evaluator whose pp spec to use.")
 flags.DEFINE_integer("class_index", None, "Class to explain (default: "
                      "the predicted one).")

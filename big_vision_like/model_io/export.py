@@ -163,15 +163,12 @@ _OVERRIDES: dict[str, Any] = {}
 
 def _define_flags() -> None:
   """Defined when run as a command only: main.py defines --config too."""
-  flags.DEFINE_string("config", None, "Config file of the run, e.g. "
-                      "configs/demo.py[:arg]; --config.a.b=value overrides.")
-  flags.DEFINE_string("workdir", None, "The run's workdir.")
+  config_lib.define_run_flags(flags)
   flags.DEFINE_enum("format", None, sorted(FORMATS), "Format.")
   flags.DEFINE_string("out", None, "The file (params) or directory "
                       "(inference functions) to write.")
   flags.DEFINE_list("predict", None, "Predict functions to write with "
                     "--format=jax_export|tf_saved_model (default: all).")
-  flags.DEFINE_integer("step", None, "The checkpoint step (default: newest).")
   flags.mark_flags_as_required(["config", "workdir", "format", "out"])
 
 
