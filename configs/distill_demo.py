@@ -11,10 +11,10 @@ The student (width 32, depth 1, patch 4: 11,018 parameters, 1/73 of the
 teacher's 802,954) sees a tenth of the train split (`train[:10%]`, 144
 images) for 600 steps of batch 64: distilled, it learns the teacher's
 softened answers (T = 4) on those images and never sees a label; the
-baseline learns their labels. Expected (measured, seeds 0-2, see the
-README): distilled 84.3% test top-1 (81.1-86.4), from labels 82.0%
-(81.4-82.8), ahead on 2 of 3 seeds; each run about 10 minutes on 2 CPU
-cores shared with other jobs (load about 25), much less on idle ones. `:teacher=WORKDIR` names another
+baseline learns their labels. Expected (measured, seeds 0-4, see the
+README): distilled 83.6% test top-1 (80.0-86.1), from labels 82.4%
+(81.4-84.7), ahead on 3 of 5 seeds; each run about 1 minute on 2 idle
+CPU cores (10 minutes at load 25). `:teacher=WORKDIR` names another
 teacher run (default workdirs/demo); `:seed=N` repeats with another seed;
 `:runlocal` is a smoke run (it still needs the teacher's workdir).
 """
