@@ -119,38 +119,27 @@ def with_quant(spec: str, quant: str) -> str:
 _HALF = (jnp.bfloat16, jnp.float16)
 
 
-def _contract(a: jax.Array, b: jax.Array, c: int) -> jax.Array:
-  """a (*F, *K) . b (*K, *G) over the c axes K, accumulated in float32."""
-  dn = ((tuple(range(a.ndim - c, a.ndim)), tuple(range(c))), ((), ()))
-  return lax.dot_general(a, b, dn, preferred_element_type=jnp.float32)
+@jax.custom_vjp
+def _dot_f32acc(a: jax.Array, b: jax.Array) -> jax.Array:
+  """a (m, k) . b (k, n) -> (m, n) float32, half-precision operands."""
+  return jnp.dot(a, b, preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dot_f32acc(a: jax.Array, b: jax.Array, c: int) -> jax.Array:
-  return _contract(a, b, c)
+def _dot_f32acc_fwd(a, b):
+  return _dot_f32acc(a, b), (a, b)
 
 
-def _dot_f32acc_fwd(a, b, c):
-  return _dot_f32acc(a, b, c), (a, b)
-
-
-def _dot_f32acc_bwd(c, res, g):
+def _dot_f32acc_bwd(res, g):
   a, b = res
   g = g.astype(a.dtype)  # The gradient dots run in bf16 as well.
-  fa, fb = a.ndim - c, b.ndim - c
-  # da = g (*F, *G) . b (*K, *G) over G; db = a (*F, *K) . g (*F, *G) over F.
-  da = lax.dot_general(g, b, ((tuple(range(fa, fa + fb)),
-                               tuple(range(c, c + fb))), ((), ())),
+  da = lax.dot_general(g, b, (((1,), (1,)), ((), ())),
                        preferred_element_type=jnp.float32)
   # XLA's CPU runs a bf16 dot contracting the lhs over its leading axis at
   # float32 speed (half that of a row-major lhs), and folds a plain transpose
-  # into the dot; so a^T is made in memory first (flattened behind a barrier).
-  n = math.prod(a.shape[:fa])
-  a_t = lax.optimization_barrier(a.reshape(n, -1).T.reshape(-1))
-  db = lax.dot_general(a_t.reshape(-1, n), g.reshape(n, -1),
-                       (((1,), (0,)), ((), ())),
-                       preferred_element_type=jnp.float32)
-  return da.astype(a.dtype), db.reshape(b.shape).astype(b.dtype)
+  # into the dot; so a^T is made in memory first (behind a barrier).
+  a_t = lax.optimization_barrier(a.T.reshape(-1)).reshape(a.shape[::-1])
+  db = jnp.dot(a_t, g, preferred_element_type=jnp.float32)
+  return da.astype(a.dtype), db.astype(b.dtype)
 
 
 _dot_f32acc.defvjp(_dot_f32acc_fwd, _dot_f32acc_bwd)
@@ -165,21 +154,34 @@ def dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any,
   a float32 output: contracted over the last axes of `lhs` and the first of
   `rhs` (every dense layer's layout) through the custom VJP; in other
   layouts (attention's batched einsums) jax's own VJP. Anything else is
-  `lax.dot_general` as given.
+  `lax.dot_general` as given. Dense-layout dots run as one 2-D matmul (the
+  leading axes of `lhs` flattened) on CPU and in mode "f32acc".
   """
   if mode == "auto":
     mode = "f32acc" if jax.default_backend() == "cpu" else "native"
   (lc, rc), (lb, rb) = dimension_numbers
   c = len(lc)
-  if (mode == "f32acc" and lhs.dtype == rhs.dtype and lhs.dtype in _HALF
-      and preferred_element_type in (None, lhs.dtype)):
-    if (not lb and not rb and tuple(rc) == tuple(range(c))
-        and tuple(lc) == tuple(range(lhs.ndim - c, lhs.ndim))):
-      return _dot_f32acc(lhs, rhs, c)
-    return lax.dot_general(lhs, rhs, dimension_numbers, precision,
-                           preferred_element_type=jnp.float32)
-  return lax.dot_general(lhs, rhs, dimension_numbers, precision,
-                         preferred_element_type=preferred_element_type)
+  dense = (not lb and not rb and tuple(rc) == tuple(range(c))
+           and tuple(lc) == tuple(range(lhs.ndim - c, lhs.ndim)))
+  half = (mode == "f32acc" and lhs.dtype == rhs.dtype and lhs.dtype in _HALF
+          and preferred_element_type in (None, lhs.dtype))
+  if not dense or not (half or jax.default_backend() == "cpu"):
+    return lax.dot_general(
+        lhs, rhs, dimension_numbers, precision,
+        preferred_element_type=jnp.float32 if half else preferred_element_type)
+  # Dense layout (*F, *K) . (*K, *G) as one 2-D matmul: given the N-D form,
+  # XLA's CPU backend computes the weight gradient from a transposed copy of
+  # the output gradient (ResNet-50 forward + backward 1.24x slower, ViT-S/16
+  # 1.03x, AMD EPYC).
+  free, out = lhs.shape[:lhs.ndim - c], rhs.shape[c:]
+  a = lhs.reshape(math.prod(free), -1)
+  b = rhs.reshape(a.shape[1], math.prod(out))
+  if half:
+    y = _dot_f32acc(a, b)
+  else:
+    y = lax.dot_general(a, b, (((1,), (0,)), ((), ())), precision,
+                        preferred_element_type=preferred_element_type)
+  return y.reshape(*free, *out)
 
 
 # ------------------------------------------------------------------- convs --

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from big_vision_like import config as config_lib
+from big_vision_like.models import batch_norm
 from big_vision_like.models import common
 from big_vision_like.models import layers as layers_lib
 
@@ -223,10 +224,10 @@ def _conv(features: int, k: int, strides: int, dtype: Any, name: str,
 
 
 def _batch_norm(train: bool, dtype: Any, name: str,
-                zero_scale: bool = False) -> nn.BatchNorm:
+                zero_scale: bool = False) -> batch_norm.BatchNorm:
   """BatchNorm with torch's eps and momentum (0.1 in torch's convention)."""
   scale_init = nn.initializers.zeros if zero_scale else nn.initializers.ones
-  return nn.BatchNorm(
+  return batch_norm.BatchNorm(
       use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
       name=name, scale_init=common.partitioned(scale_init, ("conv_out",)),
       bias_init=common.partitioned(nn.initializers.zeros, ("conv_out",)))
