@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -255,16 +254,16 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
   logging.getLogger("big_vision_like").setLevel(logging.INFO)
-  try:
-    config = config_lib.load_resolved(FLAGS.config, _OVERRIDES)
-    report = run(config, FLAGS.workdir, step=FLAGS.step, names=FLAGS.evals,
-                 out=FLAGS.out)
-  except config_lib.ConfigError as e:
-    print(f"Error: {e}", file=sys.stderr)
-    return EXIT_CONFIG
-  except ckpt_lib.CheckpointError as e:
-    print(f"Checkpoint failure: {e}", file=sys.stderr)
-    return EXIT_CHECKPOINT
+  return config_lib.run_command(
+      _run_and_print, FLAGS.config, _OVERRIDES, exit_config=EXIT_CONFIG,
+      failures={ckpt_lib.CheckpointError: ("Checkpoint failure",
+                                           EXIT_CHECKPOINT)})
+
+
+def _run_and_print(config: ml_collections.ConfigDict) -> int:
+  """`run` with the flags; prints the report, and writes it to --report."""
+  report = run(config, FLAGS.workdir, step=FLAGS.step, names=FLAGS.evals,
+               out=FLAGS.out)
   text = json.dumps(report, indent=1)
   print(text, flush=True)
   if FLAGS.report:
