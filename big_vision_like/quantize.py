@@ -43,6 +43,7 @@ from big_vision_like import model_io
 from big_vision_like import objectives
 from big_vision_like import setup
 from big_vision_like import sharding
+from big_vision_like.evaluators import base as eval_base
 from big_vision_like.inference import evaluate
 from big_vision_like.models import layers
 from big_vision_like.trainers import resume
@@ -167,14 +168,22 @@ def param_bytes(params: PyTree) -> int:
                  for x in jax.tree.leaves(params)))
 
 
-def _evaluate(config: ml_collections.ConfigDict, names: Sequence[str],
-              objective: objectives.Objective, env: setup.Env,
+def _build_evaluators(config: ml_collections.ConfigDict, names: Sequence[str],
+                      objective: objectives.Objective, env: setup.Env
+                      ) -> dict[str, eval_base.Evaluator]:
+  """The evaluators `names` of the config, on `objective`'s predict
+  functions."""
+  return {name: evaluators_lib.build(name, config.evals[name], objective,
+                                     env.data_sharding, config.input.pp)
+          for name in names}
+
+
+def _evaluate(evals: Mapping[str, eval_base.Evaluator], env: setup.Env,
               params: PyTree, model_state: PyTree) -> dict[str, Any]:
+  """Each evaluator's {"headline": name, scalar name: value}."""
   out = {}
   with sharding.use_mesh(env.mesh, env.rules):
-    for name in names:
-      evaluator = evaluators_lib.build(name, config.evals[name], objective,
-                                       env.data_sharding, config.input.pp)
+    for name, evaluator in evals.items():
       results = evaluator.run(params, model_state)
       out[name] = {"headline": results.headline,
                    **{k: float(v) for k, v in results.scalars.items()}}
@@ -209,19 +218,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   mock = (sources.mock_data(config.mock_examples) if config.mock_examples
           else contextlib.nullcontext())
   with mock:
-    spec = evaluators_lib.build(names[0], config.evals[names[0]], objective,
-                                env.data_sharding, config.input.pp
-                                ).batch_spec()
+    # The float model's evaluators; the first one's batch gives the shapes.
+    float_evals = _build_evaluators(config, names, objective, env)
+    spec = float_evals[names[0]].batch_spec()
     step, params, model_state = setup.restore_variables(
         workdir, step, objective, spec, env, config.sharding.overrides)
     params = jax.tree.map(np.asarray, params)
     model_state = jax.tree.map(np.asarray, model_state)
     int8_params = quantize(params, model_state, calibrate, int8, spec)
     report = {"step": step,
-              "float": _evaluate(config, names, objective, env, params,
-                                 model_state),
-              "int8": _evaluate(config, names, int8, env, int8_params,
-                                model_state)}
+              "float": _evaluate(float_evals, env, params, model_state),
+              "int8": _evaluate(_build_evaluators(config, names, int8, env),
+                                env, int8_params, model_state)}
   report["int8_minus_float"] = {
       name: {k: v - report["float"][name][k]
              for k, v in report["int8"][name].items() if k != "headline"}
