@@ -219,6 +219,31 @@ def define_run_flags(flags: Any) -> None:
   flags.DEFINE_integer("step", None, "The checkpoint step (default: newest).")
 
 
+def run_command(run: Callable[["ml_collections.ConfigDict"], int],
+                spec: str, overrides: Mapping[str, Any], *, exit_config: int,
+                failures: Mapping[type[Exception], tuple[str, int]] | None
+                = None) -> int:
+  """The body of a command's `main`: `run(load_resolved(spec, overrides))`.
+
+  An error the user can fix ends the command with one line on stderr and its
+  exit code, not a traceback: a ConfigError prints "Error: <message>" and
+  returns `exit_config`; `failures` adds error types, each with its prefix
+  and exit code (e.g. {CheckpointError: ("Checkpoint failure", 4)}).
+
+  Returns:
+    The exit code: `run`'s own, or the failure's.
+  """
+  import sys
+
+  table = {ConfigError: ("Error", exit_config), **(failures or {})}
+  try:
+    return run(load_resolved(spec, overrides))
+  except tuple(table) as e:
+    prefix, code = next(v for t, v in table.items() if isinstance(e, t))
+    print(f"{prefix}: {e}", file=sys.stderr)
+    return code
+
+
 def absl_flags_parser(flag_values: Any, overrides: dict[str, Any]
                       ) -> Callable[[list[str]], list[str]]:
   """An `absl.app.run(flags_parser=...)` that takes the `--config.a.b=value`

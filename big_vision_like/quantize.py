@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,6 +43,7 @@ from big_vision_like import model_io
 from big_vision_like import objectives
 from big_vision_like import setup
 from big_vision_like import sharding
+from big_vision_like.evaluators import base as eval_base
 from big_vision_like.inference import evaluate
 from big_vision_like.models import layers
 from big_vision_like.trainers import resume
@@ -168,14 +168,22 @@ def param_bytes(params: PyTree) -> int:
                  for x in jax.tree.leaves(params)))
 
 
-def _evaluate(config: ml_collections.ConfigDict, names: Sequence[str],
-              objective: objectives.Objective, env: setup.Env,
+def _build_evaluators(config: ml_collections.ConfigDict, names: Sequence[str],
+                      objective: objectives.Objective, env: setup.Env
+                      ) -> dict[str, eval_base.Evaluator]:
+  """The evaluators `names` of the config, on `objective`'s predict
+  functions."""
+  return {name: evaluators_lib.build(name, config.evals[name], objective,
+                                     env.data_sharding, config.input.pp)
+          for name in names}
+
+
+def _evaluate(evals: Mapping[str, eval_base.Evaluator], env: setup.Env,
               params: PyTree, model_state: PyTree) -> dict[str, Any]:
+  """Each evaluator's {"headline": name, scalar name: value}."""
   out = {}
   with sharding.use_mesh(env.mesh, env.rules):
-    for name in names:
-      evaluator = evaluators_lib.build(name, config.evals[name], objective,
-                                       env.data_sharding, config.input.pp)
+    for name, evaluator in evals.items():
       results = evaluator.run(params, model_state)
       out[name] = {"headline": results.headline,
                    **{k: float(v) for k, v in results.scalars.items()}}
@@ -210,19 +218,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   mock = (sources.mock_data(config.mock_examples) if config.mock_examples
           else contextlib.nullcontext())
   with mock:
-    spec = evaluators_lib.build(names[0], config.evals[names[0]], objective,
-                                env.data_sharding, config.input.pp
-                                ).batch_spec()
+    # The float model's evaluators; the first one's batch gives the shapes.
+    float_evals = _build_evaluators(config, names, objective, env)
+    spec = float_evals[names[0]].batch_spec()
     step, params, model_state = setup.restore_variables(
         workdir, step, objective, spec, env, config.sharding.overrides)
     params = jax.tree.map(np.asarray, params)
     model_state = jax.tree.map(np.asarray, model_state)
     int8_params = quantize(params, model_state, calibrate, int8, spec)
     report = {"step": step,
-              "float": _evaluate(config, names, objective, env, params,
-                                 model_state),
-              "int8": _evaluate(config, names, int8, env, int8_params,
-                                model_state)}
+              "float": _evaluate(float_evals, env, params, model_state),
+              "int8": _evaluate(_build_evaluators(config, names, int8, env),
+                                env, int8_params, model_state)}
   report["int8_minus_float"] = {
       name: {k: v - report["float"][name][k]
              for k, v in report["int8"][name].items() if k != "headline"}
@@ -255,16 +262,16 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
   logging.getLogger("big_vision_like").setLevel(logging.INFO)
-  try:
-    config = config_lib.load_resolved(FLAGS.config, _OVERRIDES)
-    report = run(config, FLAGS.workdir, step=FLAGS.step, names=FLAGS.evals,
-                 out=FLAGS.out)
-  except config_lib.ConfigError as e:
-    print(f"Error: {e}", file=sys.stderr)
-    return EXIT_CONFIG
-  except ckpt_lib.CheckpointError as e:
-    print(f"Checkpoint failure: {e}", file=sys.stderr)
-    return EXIT_CHECKPOINT
+  return config_lib.run_command(
+      _run_and_print, FLAGS.config, _OVERRIDES, exit_config=EXIT_CONFIG,
+      failures={ckpt_lib.CheckpointError: ("Checkpoint failure",
+                                           EXIT_CHECKPOINT)})
+
+
+def _run_and_print(config: ml_collections.ConfigDict) -> int:
+  """`run` with the flags; prints the report, and writes it to --report."""
+  report = run(config, FLAGS.workdir, step=FLAGS.step, names=FLAGS.evals,
+               out=FLAGS.out)
   text = json.dumps(report, indent=1)
   print(text, flush=True)
   if FLAGS.report:

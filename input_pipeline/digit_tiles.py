@@ -53,6 +53,7 @@ def make_split(split: str) -> tuple[np.ndarray, list[list[int]]]:
 class SklearnDigitTiles(digits.LocalBuilder):
   """2-4 handwritten digits per image; labels: the set of digits shown."""
 
+  SPLITS = tuple(NUM_TILES)
 
   def _info(self) -> tfds.core.DatasetInfo:
     side = GRID * CELL
@@ -64,10 +65,6 @@ class SklearnDigitTiles(digits.LocalBuilder):
         }),
         supervised_keys=("image", "label"),
     )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # Made from the digits that ship with scikit-learn.
-    return {split: self._generate_examples(split) for split in NUM_TILES}
 
   def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
     images, labels = make_split(split)

@@ -56,12 +56,17 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
+  SPLITS: tuple[str, ...] = ("train", "test")  # Each from _generate_examples.
 
   def __init__(self, **kwargs: Any):
     super().__init__(**kwargs)
     if kwargs.get("file_format") is None and not self.is_prepared():
       self.info.set_file_format(tfds.core.FileFormat.ARRAY_RECORD,
                                 override=True)
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # Made from installed packages: nothing to download.
+    return {split: self._generate_examples(split) for split in self.SPLITS}
 
 
 class SklearnDigits(LocalBuilder):
@@ -76,11 +81,6 @@ class SklearnDigits(LocalBuilder):
         supervised_keys=("image", "label"),
         homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html",
     )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # The data ships with scikit-learn.
-    return {split: self._generate_examples(split)
-            for split in ("train", "test")}
 
   def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
     keys, images, labels = load_split(split)

@@ -53,7 +53,6 @@ def captions(key: int, label: int) -> list[str]:
 class SklearnDigitsCaptions(digits.LocalBuilder):
   """scikit-learn's 8x8 digits, each with captions made from its label."""
 
-
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
@@ -65,11 +64,6 @@ class SklearnDigitsCaptions(digits.LocalBuilder):
         }),
         homepage="https://scikit-learn.org/stable/datasets/toy_dataset.html",
     )
-
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    del dl_manager  # The data ships with scikit-learn.
-    return {split: self._generate_examples(split)
-            for split in ("train", "test")}
 
   def _generate_examples(self, split: str) -> Iterator[tuple[int, dict]]:
     keys, images, labels = digits.load_split(split)

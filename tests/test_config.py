@@ -89,3 +89,51 @@ def test_parse_arg_types_follow_defaults_and_unknown_keys_fail():
 def test_lookup_suggests_closest_choice():
   with pytest.raises(config_lib.ConfigError, match="Did you mean 'adamw'"):
     config_lib.lookup({"adamw": 1, "sgd": 2}, "adamv", "optimizer")
+
+
+def _config_file(tmp_path):
+  path = tmp_path / "cfg.py"
+  path.write_text("def get_config(arg=None):\n"
+                  "  return {'total_steps': 5, 'model_name': 'vit'}\n")
+  return str(path)
+
+
+def test_run_command_runs_on_the_resolved_config_with_overrides(tmp_path):
+  seen = []
+
+  def run(config):
+    seen.append(config)
+    return 7
+
+  code = config_lib.run_command(run, _config_file(tmp_path), {"seed": 3},
+                                exit_config=2)
+  assert code == 7
+  assert seen[0].seed == 3 and seen[0].total_steps == 5
+  assert "input" in seen[0]  # Merged over defaults().
+
+
+def test_run_command_turns_a_config_error_into_one_line_and_its_code(
+    tmp_path, capsys):
+  def run(config):
+    raise config_lib.ConfigError("no checkpoint in /x. Train first.")
+
+  assert config_lib.run_command(run, _config_file(tmp_path), {},
+                                exit_config=5) == 5
+  assert capsys.readouterr().err == "Error: no checkpoint in /x. Train first.\n"
+  # A bad override fails the same way, before `run` is called.
+  assert config_lib.run_command(run, _config_file(tmp_path), {"sed": 1},
+                                exit_config=2) == 2
+  assert "Did you mean 'seed'" in capsys.readouterr().err
+
+
+def test_run_command_maps_the_failures_table_and_lets_other_errors_through(
+    tmp_path, capsys):
+  def run(config):
+    raise OSError("disk gone")
+
+  failures = {OSError: ("Checkpoint failure", 4)}
+  assert config_lib.run_command(run, _config_file(tmp_path), {},
+                                exit_config=2, failures=failures) == 4
+  assert capsys.readouterr().err == "Checkpoint failure: disk gone\n"
+  with pytest.raises(OSError, match="disk gone"):
+    config_lib.run_command(run, _config_file(tmp_path), {}, exit_config=2)

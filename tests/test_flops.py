@@ -62,3 +62,8 @@ def test_published_peaks_are_found_by_device_kind():
 def test_the_cpu_peak_is_measured_and_positive():
   peak, source = hardware.peak_flops_per_device("float32")
   assert peak > 1e9 and "measured" in source
+
+
+def test_a_bf16_model_on_cpu_is_held_to_a_measured_bf16_peak():
+  peak, source = hardware.peak_flops_per_device("bfloat16")
+  assert peak > 1e8 and "measured bfloat16 matmul" in source

@@ -6,8 +6,6 @@ Writes DIR/<image>.<method>.png overlays (and .npy maps); see command.py.
 Exits 2 with one message on a bad config, input or checkpoint.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -33,15 +31,13 @@ def main(argv: list[str]) -> int:
   logging.set_verbosity(logging.INFO)
   from big_vision_like.explain import command
   from big_vision_like.trainers import train
-  try:
-    config = config_lib.load_resolved(FLAGS.config, _OVERRIDES)
-    return command.run(config, FLAGS.workdir, FLAGS.inputs, FLAGS.output,
-                       method=FLAGS.method, step=FLAGS.step,
-                       eval_name=(FLAGS.evals or [None])[0],
-                       class_index=FLAGS.class_index)
-  except config_lib.ConfigError as e:
-    print(f"Error: {e}", file=sys.stderr)
-    return train.EXIT_CONFIG
+  return config_lib.run_command(
+      lambda config: command.run(
+          config, FLAGS.workdir, FLAGS.inputs, FLAGS.output,
+          method=FLAGS.method, step=FLAGS.step,
+          eval_name=(FLAGS.evals or [None])[0],
+          class_index=FLAGS.class_index),
+      FLAGS.config, _OVERRIDES, exit_config=train.EXIT_CONFIG)
 
 
 if __name__ == "__main__":

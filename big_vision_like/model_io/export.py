@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -176,13 +175,10 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}.")
   logging.getLogger("big_vision_like").setLevel(logging.INFO)
-  try:
-    config = config_lib.load_resolved(FLAGS.config, _OVERRIDES)
-    return run(config, FLAGS.workdir, FLAGS.format, FLAGS.out, FLAGS.step,
-               FLAGS.predict)
-  except config_lib.ConfigError as e:
-    print(f"Error: {e}", file=sys.stderr)
-    return EXIT_CONFIG
+  return config_lib.run_command(
+      lambda config: run(config, FLAGS.workdir, FLAGS.format, FLAGS.out,
+                         FLAGS.step, FLAGS.predict),
+      FLAGS.config, _OVERRIDES, exit_config=EXIT_CONFIG)
 
 
 if __name__ == "__main__":
