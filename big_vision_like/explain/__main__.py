@@ -1,6 +1,6 @@
 """python -m big_vision_like.explain --config=C --workdir=W --inputs=a.png,b.png
     --method=gradcam|rollout|saliency|smoothgrad --output=DIR [--step=N]
-    [--evals=NAME] [--class_index=K]
+    [--evals=NAME] [--class_index=K] [--gradcam_layer=stage1]
 
 Writes DIR/<image>.<method>.png overlays (and .npy maps); see command.py.
 Exits 2 with one message on a bad config, input or checkpoint.
@@ -24,6 +24,10 @@ flags.DEFINE_string("method", "saliency",
 flags.DEFINE_list("evals", None, "The evaluator whose pp spec to use.")
 flags.DEFINE_integer("class_index", None, "Class to explain (default: "
                      "the predicted one).")
+flags.DEFINE_string("gradcam_layer", None, "Grad-CAM's layer, as "
+                    "pytorch-grad-cam's target_layers: stage1..stageN (a "
+                    "finer grid at earlier stages) or, for BiT, "
+                    "pre_logits_2d (default: the last stage's).")
 flags.mark_flags_as_required(["config", "workdir", "inputs", "output"])
 _OVERRIDES = {}
 
@@ -38,7 +42,8 @@ def main(argv: list[str]) -> int:
     return command.run(config, FLAGS.workdir, FLAGS.inputs, FLAGS.output,
                        method=FLAGS.method, step=FLAGS.step,
                        eval_name=(FLAGS.evals or [None])[0],
-                       class_index=FLAGS.class_index)
+                       class_index=FLAGS.class_index,
+                       gradcam_layer=FLAGS.gradcam_layer)
   except config_lib.ConfigError as e:
     print(f"Error: {e}", file=sys.stderr)
     return train.EXIT_CONFIG

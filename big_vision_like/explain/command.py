@@ -53,11 +53,15 @@ def overlay(image_pixels: np.ndarray, heat: np.ndarray,
 def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
         output: str, *, method: str, step: int | None = None,
         eval_name: str | None = None, class_index: int | None = None,
-        seed: int = 0) -> int:
+        seed: int = 0, gradcam_layer: str | None = None) -> int:
   """Writes `method`'s overlays of `inputs` under the folder `output`.
+
+  `gradcam_layer` picks Grad-CAM's layer (`methods.gradcam_layers`; None:
+  the last stage's).
 
   Raises:
     ConfigError: unknown method, a method the model does not support, a
+      Grad-CAM layer the model lacks (or given with another method), a
       bad config, missing inputs, workdir or checkpoint, a checkpoint of
       another model, or a pp spec whose input range is unknown.
   """
@@ -65,8 +69,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
   config = config_lib.resolve(config)
   objective = setup.validate(config)
   model = objective.model
+  if gradcam_layer is not None and method != "gradcam":
+    raise checks.ConfigError(
+        f"--gradcam_layer={gradcam_layer} applies to --method=gradcam only; "
+        f"drop it for --method={method}.")
   if method == "gradcam":
-    methods.gradcam_target(model)  # Fails now for a model without stages.
+    # Fails now for a model without stages, or a layer it lacks.
+    methods.gradcam_target(model, gradcam_layer)
   if method == "rollout" and not isinstance(model, methods.vit.ViT):
     raise checks.ConfigError(
         f"--method=rollout needs a ViT, not {config.model_name}; use gradcam "
@@ -89,6 +98,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
   kw = {}
   if method == "smoothgrad":
     kw = dict(key=jax.random.key(seed), input_span=float(np.max(hi - lo)))
+  if method == "gradcam":
+    kw = dict(layer=gradcam_layer)
 
   @jax.jit
   def explain(variables, images):

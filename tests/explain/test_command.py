@@ -12,6 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from big_vision_like import checks
+from big_vision_like.explain import command
+from configs import demo
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
@@ -21,6 +25,18 @@ def _explain(*args, data_dir):
       [sys.executable, "-m", "big_vision_like.explain",
        "--config=configs/demo.py:runlocal", *args],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_bad_gradcam_layer_fails_before_any_work(tmp_path):
+  config = demo.get_config("runlocal")
+  args = (config, str(tmp_path / "no_workdir"), ["a.png"], str(tmp_path))
+  with pytest.raises(checks.ConfigError, match="--method=gradcam only"):
+    command.run(*args, method="saliency", gradcam_layer="stage1")
+  config.model_name = "bit"
+  config.model = dict(num_classes=10, depth=26, stage_sizes=(1, 1))
+  with pytest.raises(checks.ConfigError, match="Choose one of: "
+                     "pre_logits_2d, stage1, stage2"):
+    command.run(*args, method="gradcam", gradcam_layer="stage3")
 
 
 @pytest.mark.slow  # Trains main.py's smoke run, then two subprocesses.
