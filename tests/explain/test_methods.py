@@ -118,10 +118,11 @@ def test_gradcam_puts_its_mass_on_the_digit_not_the_border(bit, layer, grid):
   # background is -1, so the convolutions' zero padding draws a frame at the
   # canvas edge that stage1's map lights up, and GroupNorm's spatial
   # statistics make every background cell's features depend on the digit
-  # (the last stage's map is the head's exact per-cell share of the logit).
-  # Upsampling is not the cause (it is cv2's; nearest gives 43-47%). So the
-  # test asks for a mass density on the digit over twice the border's, and
-  # more than 1.5 times the ink's share of the area on the ink.
+  # (at the last stage Grad-CAM is nearly CAM, the head's per-cell share of
+  # the logit). Upsampling is not the cause (it is cv2's; nearest gives
+  # 45-47%); README "Explanations" lists the variants tried. So the test asks
+  # for a mass density on the digit over twice the border's, and more than
+  # 1.5 times the ink's share of the area on the ink.
   box_area = box.mean()
   assert on_box / box_area > 2 * (1 - on_box) / (1 - box_area)
   assert on_ink > 1.5 * ink.mean()
