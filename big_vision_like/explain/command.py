@@ -5,7 +5,8 @@ the config's evaluator (the first, or `eval_name`) without its label ops,
 restores a workdir's checkpoint without its optimizer state, explains the
 predicted class (or `class_index`) and writes, per image, DIR/NAME.METHOD.png
 (the map as a heat overlay on the image, at the model's input size) and
-DIR/NAME.METHOD.npy (the raw map).
+DIR/NAME.METHOD.npy (the raw map); METHOD is gradcam-LAYER for Grad-CAM at
+a chosen `gradcam_layer`.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
     maps = explain_fn(model, variables, images, classes, **kw)
     return methods.upsample(maps, images.shape[1:3]), maps, classes
 
+  # Grad-CAM at another layer gets its own files: layers can be compared.
+  suffix = f"{method}-{gradcam_layer}" if gradcam_layer else method
   os.makedirs(output, exist_ok=True)
   iterator = pipeline.make_eval_iterator(
       source, pp_fn, global_batch_size=batch_size, process_index=0,
@@ -126,7 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
           log.warning("%s failed to decode; skipped.", path)
           continue
         stem = os.path.join(output, os.path.splitext(
-            os.path.basename(path))[0] + f".{method}")
+            os.path.basename(path))[0] + f".{suffix}")
         image_pixels = np.clip(pixel_map.to_pixels(images[i]), 0, 255)
         Image.fromarray(overlay(image_pixels, heat[i])).save(stem + ".png")
         np.save(stem + ".npy", maps[i])
