@@ -5,7 +5,8 @@ the config's evaluator (the first, or `eval_name`) without its label ops,
 restores a workdir's checkpoint without its optimizer state, explains the
 predicted class (or `class_index`) and writes, per image, DIR/NAME.METHOD.png
 (the map as a heat overlay on the image, at the model's input size) and
-DIR/NAME.METHOD.npy (the raw map).
+DIR/NAME.METHOD.npy (the raw map); METHOD is gradcam-LAYER for Grad-CAM at
+a chosen `gradcam_layer`.
 """
 
 from __future__ import annotations
@@ -53,11 +54,15 @@ def overlay(image_pixels: np.ndarray, heat: np.ndarray,
 def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
         output: str, *, method: str, step: int | None = None,
         eval_name: str | None = None, class_index: int | None = None,
-        seed: int = 0) -> int:
+        seed: int = 0, gradcam_layer: str | None = None) -> int:
   """Writes `method`'s overlays of `inputs` under the folder `output`.
+
+  `gradcam_layer` picks Grad-CAM's layer (`methods.gradcam_layers`; None:
+  the last stage's).
 
   Raises:
     ConfigError: unknown method, a method the model does not support, a
+      Grad-CAM layer the model lacks (or given with another method), a
       bad config, missing inputs, workdir or checkpoint, a checkpoint of
       another model, or a pp spec whose input range is unknown.
   """
@@ -65,8 +70,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
   config = config_lib.resolve(config)
   objective = setup.validate(config)
   model = objective.model
+  if gradcam_layer is not None and method != "gradcam":
+    raise checks.ConfigError(
+        f"--gradcam_layer={gradcam_layer} applies to --method=gradcam only; "
+        f"drop it for --method={method}.")
   if method == "gradcam":
-    methods.gradcam_target(model)  # Fails now for a model without stages.
+    # Fails now for a model without stages, or a layer it lacks.
+    methods.gradcam_target(model, gradcam_layer)
   if method == "rollout" and not isinstance(model, methods.vit.ViT):
     raise checks.ConfigError(
         f"--method=rollout needs a ViT, not {config.model_name}; use gradcam "
@@ -89,6 +99,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
   kw = {}
   if method == "smoothgrad":
     kw = dict(key=jax.random.key(seed), input_span=float(np.max(hi - lo)))
+  if method == "gradcam":
+    kw = dict(layer=gradcam_layer)
 
   @jax.jit
   def explain(variables, images):
@@ -98,6 +110,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
     maps = explain_fn(model, variables, images, classes, **kw)
     return methods.upsample(maps, images.shape[1:3]), maps, classes
 
+  # Grad-CAM at another layer gets its own files: layers can be compared.
+  suffix = f"{method}-{gradcam_layer}" if gradcam_layer else method
   os.makedirs(output, exist_ok=True)
   iterator = pipeline.make_eval_iterator(
       source, pp_fn, global_batch_size=batch_size, process_index=0,
@@ -115,7 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str],
           log.warning("%s failed to decode; skipped.", path)
           continue
         stem = os.path.join(output, os.path.splitext(
-            os.path.basename(path))[0] + f".{method}")
+            os.path.basename(path))[0] + f".{suffix}")
         image_pixels = np.clip(pixel_map.to_pixels(images[i]), 0, 255)
         Image.fromarray(overlay(image_pixels, heat[i])).save(stem + ".png")
         np.save(stem + ".npy", maps[i])

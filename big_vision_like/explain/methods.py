@@ -10,9 +10,10 @@ patch grid's for Grad-CAM and rollout; `upsample` brings them to H, W).
   saliency     |d logit_c / d x|, max over channels (Simonyan et al. 2014)
   smoothgrad   the gradient averaged over noisy copies of x, then as
                saliency (Smilkov et al. 2017)
-  gradcam      ReLU(sum_k alpha_k A_k), A the last stage's activations of a
-               ResNet/BiT and alpha_k the spatial mean of d logit_c / d A_k
-               (Selvaraju et al. 2017)
+  gradcam      ReLU(sum_k alpha_k A_k), A a stage's activations of a
+               ResNet/BiT (the last stage's by default; `layer` picks
+               another, as pytorch-grad-cam's `target_layers`) and alpha_k
+               the spatial mean of d logit_c / d A_k (Selvaraju et al. 2017)
   rollout      attention rollout through a ViT's blocks (Abnar & Zuidema
                2020); class-agnostic
 """
@@ -64,36 +65,64 @@ def smoothgrad(model: nn.Module, variables: PyTree, images: jax.Array,
   return jnp.max(jnp.abs(total / samples), axis=-1)
 
 
-def gradcam_target(model: nn.Module) -> tuple[str, str]:
-  """(name of the top-level submodule whose output gives the last stage's
-  rectified activations, their key in the model's `out`), for a BiT or
-  ResNet.
+def gradcam_layers(model: nn.Module) -> tuple[dict[str, tuple[str, str]],
+                                               str]:
+  """Grad-CAM's target layers of a BiT or ResNet (pytorch-grad-cam's
+  `target_layers`): ({name: (the top-level submodule whose output is the
+  layer, the layer's key in the model's `out`)}, the default name).
+
+  The names are the model's `out` keys: "stage1".."stageN" (each stage's
+  output; BiT's are pre-activation sums, ResNet's rectified) and, for BiT,
+  "pre_logits_2d" (the last stage's rectified features, the default). The
+  default for ResNet is its last stage.
 
   Raises:
     ConfigError: another model (Grad-CAM needs a convolutional feature map).
   """
   if isinstance(model, resnet.BiT):
+    stages = model.stage_sizes or resnet.BIT_STAGES[model.depth]
+    layers = {f"stage{s}": (f"block{s}", f"stage{s}")
+              for s in range(1, len(stages) + 1)}
     # ResNet v2's last stage is pre-activation: its rectified features are
     # the final GroupNorm's output after ReLU ("pre_logits_2d"); gradients
     # are taken at the GroupNorm's output (zero where the ReLU cuts).
-    return "norm-pre-head", "pre_logits_2d"
+    layers["pre_logits_2d"] = ("norm-pre-head", "pre_logits_2d")
+    return layers, "pre_logits_2d"
   if isinstance(model, resnet.ResNet):
     stages, _ = resnet.RESNET_STAGES[model.depth]
-    return f"layer{len(stages)}_{stages[-1] - 1}", f"stage{len(stages)}"
+    layers = {f"stage{s}": (f"layer{s}_{units - 1}", f"stage{s}")
+              for s, units in enumerate(stages, 1)}
+    return layers, f"stage{len(stages)}"
   raise checks.ConfigError(
-      f"Grad-CAM needs a BiT or ResNet (a last-stage feature map), not "
+      f"Grad-CAM needs a BiT or ResNet (a stage's feature map), not "
       f"{type(model).__name__}; use rollout for a ViT, or saliency.")
 
 
-def gradcam(model: nn.Module, variables: PyTree, images: jax.Array,
-            classes: jax.Array) -> jax.Array:
-  """Grad-CAM on the last stage, [B, h, w] (the stage's grid).
+def gradcam_target(model: nn.Module, layer: str | None = None
+                   ) -> tuple[str, str]:
+  """(submodule name, `out` key) of `layer` (None: the default), see
+  `gradcam_layers`.
 
-  The gradient with respect to the stage's output is taken by adding a zero
+  Raises:
+    ConfigError: a model without stages, or a layer it does not have
+      (naming the valid ones).
+  """
+  layers, default = gradcam_layers(model)
+  return checks.lookup(layers, default if layer is None else layer,
+                       f"Grad-CAM layer of {type(model).__name__}")
+
+
+def gradcam(model: nn.Module, variables: PyTree, images: jax.Array,
+            classes: jax.Array, *, layer: str | None = None) -> jax.Array:
+  """Grad-CAM on `layer` (see `gradcam_layers`; None: the last stage's),
+  [B, h, w] (the layer's grid: H/4 x W/4 for a BiT's or ResNet's stage1,
+  halved by each later stage).
+
+  The gradient with respect to the layer's output is taken by adding a zero
   `delta` to it with `nn.intercept_methods`: d logit / d delta is
   d logit / d A, with no change to the model.
   """
-  target, key = gradcam_target(model)
+  target, key = gradcam_target(model, layer)
   _, out = model.apply(variables, images, train=False)
   features = out[key].astype(jnp.float32)
 
@@ -169,7 +198,9 @@ def rollout(model: nn.Module, variables: PyTree, images: jax.Array,
 
 
 def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
-  """[B, h, w] -> [B, H, W], bilinear."""
+  """[B, h, w] -> [B, H, W], bilinear with half-pixel centres and clamped
+  edges: the same values as pytorch-grad-cam's cv2.resize (INTER_LINEAR)
+  and torch's interpolate(align_corners=False) when upsampling."""
   return jax.image.resize(maps, (maps.shape[0], *size), "bilinear")
 
 

@@ -1,6 +1,7 @@
 """Explanation methods on briefly trained demo models: the model
 randomisation sanity check (Adebayo et al. 2018), Grad-CAM on the digit's
-ink, and attention rollout the same scanned as looped."""
+ink at two layers, Grad-CAM's layer table, upsampling as torch's, and
+attention rollout the same scanned as looped."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from big_vision_like import checks
 from big_vision_like.evaluators import pixels
 from big_vision_like.explain import methods
 from big_vision_like.model_io import surgery
+from big_vision_like.models import resnet
 from big_vision_like.models import vit
 
-# One stage: Grad-CAM's grid is 8x8 on the 32x32 canvas (a finer map than
-# deeper stages give at this size).
+# Two stages of one unit: on the 32x32 canvas stage1's grid is 8x8 and
+# stage2's (the last, Grad-CAM's default layer "pre_logits_2d") is 4x4.
 BIT = dict(num_classes=10, depth=26, width=0.5, stage_sizes=(1, 1))
 VIT = dict(num_classes=10, width=64, depth=2, mlp_dim=128, num_heads=2,
            patch_size=4)
@@ -40,13 +42,21 @@ def vit_demo(train_demo):
   return trained
 
 
+_JITTED = {}  # One compilation per model, method and static options.
+
+
 def _explain(trained, method, variables=None, **kw):
   model = trained.objective.model
   variables = variables or {"params": trained.params, **trained.model_state}
   images = jnp.asarray(trained.test_images[:N])
   classes = jnp.argmax(jnp.asarray(trained.test_labels[:N]), axis=1)
-  fn = jax.jit(lambda v, x, c: methods.METHODS[method](model, v, x, c, **kw))
-  return np.asarray(fn(variables, images, classes))
+  arrays = {k: v for k, v in kw.items() if isinstance(v, jax.Array)}
+  static = tuple(sorted((k, v) for k, v in kw.items() if k not in arrays))
+  key = (id(model), method, static)
+  if key not in _JITTED:
+    _JITTED[key] = jax.jit(lambda v, x, c, a: methods.METHODS[method](
+        model, v, x, c, **a, **dict(static)))
+  return np.asarray(_JITTED[key](variables, images, classes, arrays))
 
 
 def _reinitialised(trained):
@@ -67,27 +77,33 @@ def _rank_correlation(a, b):
                   for x, y in zip(a, b)])
 
 
-@pytest.mark.parametrize("method,model", [
-    ("saliency", "vit_demo"), ("smoothgrad", "vit_demo"),
-    ("rollout", "vit_demo"), ("gradcam", "bit")])
-def test_explanations_of_a_reinitialised_model_differ(method, model, request):
+@pytest.mark.parametrize("method,model,layer", [
+    ("saliency", "vit_demo", None), ("smoothgrad", "vit_demo", None),
+    ("rollout", "vit_demo", None), ("gradcam", "bit", None),
+    ("gradcam", "bit", "stage1")])
+def test_explanations_of_a_reinitialised_model_differ(method, model, layer,
+                                                      request):
   demo = request.getfixturevalue(model)
   kw = dict(key=jax.random.key(0), input_span=2.0, samples=8) if (
       method == "smoothgrad") else {}
+  if layer:
+    kw["layer"] = layer
   trained = _explain(demo, method, **kw)
   random = _explain(demo, method, _reinitialised(demo), **kw)
   # The statistic can be high: the same model explained twice agrees.
   assert _rank_correlation(trained, _explain(demo, method, **kw)) > 0.99
   rho = _rank_correlation(trained, random)
-  print(method, rho)
+  print(method, layer, rho)
   assert rho < 0.5
 
 
-def test_gradcam_puts_its_mass_on_the_digit_not_the_border(bit):
+@pytest.mark.parametrize("layer,grid", [(None, 4), ("stage1", 8)])
+def test_gradcam_puts_its_mass_on_the_digit_not_the_border(bit, layer, grid):
   # Each 16x16 digit sits at a random place of a 32x32 canvas: the digit's
   # box is a quarter of the image, the rest is empty border.
-  cams = np.asarray(methods.upsample(jnp.asarray(_explain(bit, "gradcam")),
-                                     (32, 32)))
+  maps = _explain(bit, "gradcam", layer=layer)
+  assert maps.shape == (N, grid, grid)
+  cams = np.asarray(methods.upsample(jnp.asarray(maps), (32, 32)))
   image_pixels = pixels.from_pp(bit.pp).to_pixels(bit.test_images[:N])
   ink = image_pixels.mean(-1) > 64
   box = np.zeros_like(ink)
@@ -96,14 +112,50 @@ def test_gradcam_puts_its_mass_on_the_digit_not_the_border(bit):
   mass = cams / cams.sum(axis=(1, 2), keepdims=True)
   on_box = (mass * box).sum(axis=(1, 2)).mean()
   on_ink = (mass * ink).sum(axis=(1, 2)).mean()
-  print("box", on_box, "ink", on_ink, ink.mean())
-  # Grad-CAM's grid is 4x4 here (a 2x2 to 3x3 patch of cells covers the
-  # digit), so bilinear upsampling spills over the box's edges: the test
-  # asks for a mass density on the digit over twice the border's, and more
-  # than 1.5 times the ink's share of the area on the ink.
+  print(layer, "box", on_box, "ink", on_ink, ink.mean())
+  # Measured: 42.5% of the mass on the box, 21.5% on the ink (11.6% of the
+  # area) at the last stage; 45.7% and 23.0% at stage1 (8x8). Not more: the
+  # background is -1, so the convolutions' zero padding draws a frame at the
+  # canvas edge that stage1's map lights up, and GroupNorm's spatial
+  # statistics make every background cell's features depend on the digit
+  # (at the last stage Grad-CAM is nearly CAM, the head's per-cell share of
+  # the logit). Upsampling is not the cause (it is cv2's; nearest gives
+  # 45-47%); README "Explanations" lists the variants tried. So the test asks
+  # for a mass density on the digit over twice the border's, and more than
+  # 1.5 times the ink's share of the area on the ink.
   box_area = box.mean()
   assert on_box / box_area > 2 * (1 - on_box) / (1 - box_area)
   assert on_ink > 1.5 * ink.mean()
+
+
+def test_gradcam_layers_are_the_stages_and_others_fail_naming_them():
+  bit = resnet.BiT(**BIT)
+  layers, default = methods.gradcam_layers(bit)
+  assert layers == {"stage1": ("block1", "stage1"),
+                    "stage2": ("block2", "stage2"),
+                    "pre_logits_2d": ("norm-pre-head", "pre_logits_2d")}
+  assert default == "pre_logits_2d"
+  assert methods.gradcam_target(bit) == ("norm-pre-head", "pre_logits_2d")
+  with pytest.raises(checks.ConfigError,
+                     match="'stage3'. Did you mean 'stage2'.*pre_logits_2d, "
+                     "stage1, stage2"):
+    methods.gradcam_target(bit, "stage3")
+  r18 = resnet.ResNet(num_classes=10, depth=18)
+  layers, default = methods.gradcam_layers(r18)
+  assert default == "stage4" and layers["stage4"] == ("layer4_1", "stage4")
+  assert list(layers) == ["stage1", "stage2", "stage3", "stage4"]
+
+
+@pytest.mark.parametrize("grid", [4, 8])
+def test_upsample_gives_torch_bilinear_values(grid, torch):
+  # torch's interpolate(align_corners=False) equals cv2.resize's
+  # INTER_LINEAR (pytorch-grad-cam's) when upsampling.
+  maps = np.random.default_rng(grid).uniform(0, 1, (3, grid, grid))
+  want = torch.nn.functional.interpolate(
+      torch.tensor(maps)[:, None], size=(32, 32), mode="bilinear",
+      align_corners=False)[:, 0].numpy()
+  got = methods.upsample(jnp.asarray(maps, jnp.float32), (32, 32))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_rollout_is_the_same_scanned_as_looped(vit_demo):
