@@ -30,29 +30,35 @@ STUDENT = dict(num_classes=10, width=32, depth=1, mlp_dim=64, num_heads=2,
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, teacher="workdirs/demo", labels=False, seed=0,
-                         runlocal=False)
+                         runlocal=False, steps=600, mixup=0.0, crop=0,
+                         split="train[:10%]", temperature=4.0, alpha=0.0)
   c = demo.get_config("runlocal" if arg.runlocal else None)
   c.seed = arg.seed
-  c.input.data.split = "train[:10%]"
+  c.input.data.split = arg.split
+  if arg.crop:
+    c.input.pp = c.input.pp.replace(
+        "|resize(16)|", f"|inception_crop(16, area_min={arg.crop})|")
   c.input.batch_size = 64
   c.model = dict(STUDENT)
   c.optim = dict(name="adamw", lr=0.003, wd=0.0001, grad_clip_norm=1.0)
   c.schedule = dict(warmup_steps=1 if arg.runlocal else 30,
                     decay_type="cosine")
+  mixing = dict(mixup_alpha=arg.mixup)
   if arg.labels:
-    c.objective = dict(name="supervised", loss="softmax_xent")
+    c.objective = dict(name="supervised", loss="softmax_xent", mixing=mixing)
   else:
     # Pure distillation (alpha=0): the student never sees a label. Mixup
     # (mixing=dict(mixup_alpha=...), drawn once for both models) needs a
     # longer, "patient" schedule than this demo's: in a 300-step trial it
     # cost the distilled student 3 points (README).
     c.objective = dict(
-        name="distill", temperature=4.0, alpha=0.0,
+        name="distill", temperature=arg.temperature, alpha=arg.alpha,
+        mixing=mixing,
         teacher=dict(model_name=demo.get_config().model_name,
                      model=demo.get_config().model.to_dict(),
                      init=dict(path=arg.teacher, format="orbax")))
   if not arg.runlocal:
-    c.total_steps = 600
-    c.evals.test.every_steps = 300
-    c.ckpt_every_steps = 300
+    c.total_steps = arg.steps
+    c.evals.test.every_steps = arg.steps // 2
+    c.ckpt_every_steps = arg.steps // 2
   return c
