@@ -25,6 +25,7 @@ from big_vision_like import config as config_lib
 from big_vision_like.models import batch_norm
 from big_vision_like.models import common
 from big_vision_like.models import layers as layers_lib
+from big_vision_like.models import pooling
 
 # Bottleneck units per stage.
 BIT_STAGES = {
@@ -122,7 +123,7 @@ class BiTRoot(nn.Module):
     # Zero padding (not -inf) before the pool, as the original TF/PyTorch BiT
     # code and timm do.
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    return pooling.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
 
 
 class BiTStage(nn.Module):
@@ -318,8 +319,8 @@ class ResNet(nn.Module):
 
     x = _conv(64, 7, 2, dtype, "conv1", policy)(image)
     x = nn.relu(_batch_norm(train, dtype, "bn1")(x))
-    x = out["stem"] = nn.max_pool(x, (3, 3), strides=(2, 2),
-                                  padding=((1, 1), (1, 1)))
+    x = out["stem"] = pooling.max_pool(x, (3, 3), strides=(2, 2),
+                                       padding=((1, 1), (1, 1)))
     block_cls = common.remat(ResNetBlock, self.remat_policy, "ResNet")
     for s, units in enumerate(stages):
       for j in range(units):
