@@ -103,9 +103,10 @@ def run_main():
   return _run_main
 
 
-def demo_pp(size: int) -> str:
-  """The demo's eval pp spec at image side `size`."""
-  return (f"decode|resize({size})|value_range(-1, 1)"
+def demo_pp(size: int, value_range: tuple[float, float] = (-1, 1)) -> str:
+  """The demo's eval pp spec at image side `size` (pixel values mapped to
+  `value_range`)."""
+  return (f"decode|resize({size})|value_range{tuple(value_range)}"
           '|onehot(10, key="label", key_result="labels")'
           '|keep("image", "labels")')
 
@@ -152,13 +153,13 @@ def train_demo(digits_data_dir):
   cache = {}
 
   def train(model_name: str, model_kwargs: dict, size: int = 16,
-            steps: int = 150, seed: int = 0,
-            canvas: int | None = None) -> TrainedDemo:
+            steps: int = 150, seed: int = 0, canvas: int | None = None,
+            value_range: tuple[float, float] = (-1, 1)) -> TrainedDemo:
     key = (model_name, tuple(sorted(model_kwargs.items())), size, steps, seed,
-           canvas)
+           canvas, tuple(value_range))
     if key in cache:
       return cache[key]
-    pp = demo_pp(size)
+    pp = demo_pp(size, value_range)
     train_data = _digits(digits_data_dir, "train", pp, canvas, seed)
     test = _digits(digits_data_dir, "test", pp, canvas, seed)
     objective = objectives.build(
