@@ -146,10 +146,11 @@ def _digits(data_dir: str, split: str, pp: str, canvas: int | None,
 
 @pytest.fixture(scope="session")
 def train_demo(digits_data_dir):
-  """`train_demo(model_name, model_kwargs, size=16, steps=150, canvas=None)`:
-  a model trained briefly (Adam, batch 64) on the demo digits (resized to
-  `size`, optionally pasted at random places of a larger canvas), cached per
-  session so that test modules share one; returns a `TrainedDemo`."""
+  """`train_demo(model_name, model_kwargs, size=16, steps=150, seed=0,
+  canvas=None, value_range=(-1, 1))`: a model trained briefly (Adam, batch
+  64) on the demo digits (resized to `size`, optionally pasted at random
+  places of a larger canvas), cached per session so that test modules share
+  one; returns a `TrainedDemo`."""
   cache = {}
 
   def train(model_name: str, model_kwargs: dict, size: int = 16,
