@@ -16,6 +16,12 @@ import logging as std_logging
 import os
 import sys
 
+from big_vision_like import hugepages
+
+if __name__ == "__main__":
+  hugepages.reexec()  # Before anything else: it runs this command again.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
 from absl import logging

@@ -2,6 +2,7 @@ r"""Our CPU train step side by side with timm's, in alternating rounds.
 
   python benchmarks/side_by_side.py --model vit_s16 [--batch 8] [--res 224] \
       [--rounds 3] [--steps 5] [--dtype float32|bfloat16] [--torch_compile] \
+      [--timm_hugepages] \
       [--model_override layers=conv_matmul ...] [--config.model.X=... ...]
 
 Contenders, each in its own process (started at once, then told over stdin
@@ -18,8 +19,11 @@ at a time, the others wait on their pipe):
   timm_compile  `torch.compile`d timm (with `--torch_compile`).
 
 Every contender steps on one batch already in memory (our input pipeline is
-left out, as timm has none). A round is `--warmup` untimed steps, then the
-median of `--steps` timed ones; the round order alternates. `--config.*`
+left out, as timm has none). Ours run with glibc's malloc on huge pages, as
+main.py runs them (big_vision_like/hugepages.py); timm as its users run it,
+or on huge pages too with `--timm_hugepages` (its step gains as well). A
+round is `--warmup` untimed steps, then the median of `--steps` timed ones;
+the round order alternates. `--config.*`
 overrides and `--model_override k=v` (= `--config.model.k=v`) apply to ours
 and minimal only. Printed: each round's time, the median over rounds,
 images/s, and speed against timm (timm's time / ours, paired by round, so
@@ -51,6 +55,7 @@ sys.path.insert(0, REPO)
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from big_vision_like import config as config_lib
 from big_vision_like import hardware
+from big_vision_like import hugepages
 
 # --model -> (our config, timm's model name).
 MODELS = {
@@ -142,6 +147,8 @@ def worker(name: str, args: argparse.Namespace,
                               name == "timm_compile")
     for _ in range(args.warmup + 1):
       step()
+    facts["hugepages"] = "glibc.malloc.hugetlb" in os.environ.get(
+        "GLIBC_TUNABLES", "")
     proto.write(PREFIX + json.dumps(facts) + "\n")
     for line in sys.stdin:
       if line.strip() != "round":
@@ -211,10 +218,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
         f"batch {args.batch} {args.res} px {args.dtype}", flush=True)
   if note:
     print(note, flush=True)
+  # Ours run as main.py runs them (malloc on huge pages where that helps,
+  # see hugepages.py); timm as its users run it, unless --timm_hugepages.
+  tuned = hugepages.env_with_hugepages(os.environ) or dict(os.environ)
   procs = {n: subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), "--worker", n, *argv],
       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-      cwd=REPO) for n in names}
+      cwd=REPO, env=tuned if n in ("ours", "minimal") or args.timm_hugepages
+      else None) for n in names}
   try:
     facts = {n: _reply(p, n) for n, p in procs.items()}
     rounds = alternate(procs, args.rounds)
@@ -235,7 +246,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
                                "images_per_s": args.batch / median}
     print(f"{n:>13}: {median * 1e3:9.1f} ms  {args.batch / median:7.2f} "
           f"img/s (best round {min(rounds[n]) * 1e3:.1f} ms)  "
-          f"{facts[n]['params']:,} params")
+          f"{facts[n]['params']:,} params"
+          f"{', malloc on huge pages' if facts[n].get('hugepages') else ''}")
   if "timm" in names:
     result["speed_vs_timm"] = {n: _ratio(rounds["timm"], rounds[n])
                                for n in names if n != "timm"}
@@ -266,6 +278,8 @@ def main(argv: list[str]) -> None:
                       metavar="KEY=VALUE", help="= --config.model.KEY=VALUE")
   parser.add_argument("--torch_compile", action="store_true")
   parser.add_argument("--no_channels_last", action="store_true")
+  parser.add_argument("--timm_hugepages", action="store_true",
+                      help="timm's malloc on huge pages too, as ours")
   parser.add_argument("--worker", help=argparse.SUPPRESS)
   args = parser.parse_args(rest)
   for item in args.model_override:

@@ -97,9 +97,9 @@ class _FakeContender:
   """A `subprocess.Popen` of a worker: its facts line after some noise,
   then one line of `_TIMES` for each "round" written to its stdin."""
 
-  def __init__(self, argv, log, **kwargs):
+  def __init__(self, argv, log, env=None, **kwargs):
     del kwargs
-    self.name = argv[argv.index("--worker") + 1]
+    self.name, self.env = argv[argv.index("--worker") + 1], env
     self.argv, self.log, self.rounds = argv, log, 0
     self.stdin, self.stdout = self, self._lines()
 
@@ -135,9 +135,13 @@ def test_rounds_alternate_and_speeds_pair_rounds_with_timm(monkeypatch,
       Popen=popen, PIPE=subprocess.PIPE))
   monkeypatch.setattr(sbs, "contenders",
                       lambda args: (["ours", "minimal", "timm"], None))
+  monkeypatch.setattr(sbs.hugepages, "env_with_hugepages",
+                      lambda env: {"TUNED": "1"})
   args = argparse.Namespace(model="vit_s16", batch=4, res=32,
-                            dtype="float32", rounds=2)
+                            dtype="float32", rounds=2, timm_hugepages=False)
   result = sbs.run(args, ["--batch", "4"])
+  # Ours with malloc on huge pages, as main.py runs them; timm as it is.
+  assert [p.env for p in procs] == [{"TUNED": "1"}] * 2 + [None]
   # Round 1 in order, round 2 reversed; each worker gets the argv.
   assert log == ["ours", "minimal", "timm", "timm", "minimal", "ours"]
   assert procs[0].argv[-4:] == ["--worker", "ours", "--batch", "4"]
@@ -173,7 +177,8 @@ def test_a_worker_reports_its_facts_then_times_each_round(monkeypatch,
   lines = [json.loads(line[len(sbs.PREFIX):])
            for line in capfd.readouterr().out.splitlines()
            if line.startswith(sbs.PREFIX)]
-  assert lines[0] == {"params": 3}
+  assert lines[0] == {"params": 3, "hugepages": "glibc.malloc.hugetlb" in
+                      os.environ.get("GLIBC_TUNABLES", "")}
   assert [len(line["times"]) for line in lines[1:]] == [2, 2]  # --steps.
   assert len(steps) == (1 + 1) + 2 * (1 + 2)  # Warm-up, then 2 rounds.
 
