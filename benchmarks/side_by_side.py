@@ -147,8 +147,7 @@ def worker(name: str, args: argparse.Namespace,
                               name == "timm_compile")
     for _ in range(args.warmup + 1):
       step()
-    facts["hugepages"] = "glibc.malloc.hugetlb" in os.environ.get(
-        "GLIBC_TUNABLES", "")
+    facts["hugepages"] = hugepages.active()
     proto.write(PREFIX + json.dumps(facts) + "\n")
     for line in sys.stdin:
       if line.strip() != "round":

@@ -33,6 +33,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from big_vision_like import hugepages
+
+if __name__ == "__main__":
+  hugepages.reexec()  # As main.py runs (malloc on huge pages), at once.
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
 import flax.linen as nn
 import jax
 import ml_collections
@@ -190,6 +196,7 @@ def measure(config: ml_collections.ConfigDict, *, steps: int = 10,
       "config_model": config.model_name,
       "device_kind": jax.devices()[0].device_kind,
       "cpu_model": hardware.cpu_model(),
+      "malloc_hugepages": hugepages.active(),
       "devices": devices, "processes": jax.process_count(),
       "global_batch": config.input.batch_size,
       "compile_s": compile_s, "compile_s_minimal_step": compile_minimal_s,

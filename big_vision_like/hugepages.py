@@ -62,6 +62,11 @@ def env_with_hugepages(env: Mapping[str, str], *, thp_path: str = _THP
                                                           TUNABLE]))}
 
 
+def active() -> bool:
+  """Whether this process's malloc asks for huge pages."""
+  return TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")
+
+
 def reexec() -> None:
   """Runs this command line again with malloc on huge pages, if that
   changes anything; returns where it does not. Call it first thing in a

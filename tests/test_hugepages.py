@@ -3,6 +3,7 @@ that the re-executed process is the same one with the tunable set."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -58,10 +59,10 @@ def test_reexec_runs_the_same_command_in_the_same_process(tmp_path):
     pytest.skip("malloc's huge pages change nothing on this machine")
   script = tmp_path / "script.py"
   script.write_text(
-      "import os, sys\n"
+      "import json, os, sys\n"
       "from big_vision_like import hugepages\n"
-      "print(os.getpid(), os.environ.get('GLIBC_TUNABLES'), sys.argv[1:],"
-      " flush=True)\n"
+      "print(json.dumps([os.getpid(), os.environ.get('GLIBC_TUNABLES'),"
+      " sys.argv[1:], hugepages.active()]), flush=True)\n"
       "hugepages.reexec()\n")
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = repo
@@ -71,6 +72,6 @@ def test_reexec_runs_the_same_command_in_the_same_process(tmp_path):
   # Printed twice: before and after the exec, by one process id, with the
   # arguments kept; the second time with the tunable (and no third run).
   assert len(out) == 2, out
-  (pid1, tun1, *args1), (pid2, tun2, *args2) = (l.split(" ", 2) for l in out)
-  assert pid1 == pid2 and args1 == args2 == ["['a', 'b c']"]
-  assert (tun1, tun2) == ("None", "glibc.malloc.hugetlb=1")
+  (pid1, tun1, args1, on1), (pid2, tun2, args2, on2) = map(json.loads, out)
+  assert pid1 == pid2 and args1 == args2 == ["a", "b c"]
+  assert (tun1, on1, tun2, on2) == (None, False, hugepages.TUNABLE, True)
