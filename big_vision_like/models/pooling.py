@@ -3,10 +3,10 @@
 `max_pool` is `nn.max_pool` on NHWC inputs; on CPU, XLA's reduce_window
 forward with the gradient routed to the first maximum of each window in
 row-major order, as XLA's select_and_scatter routes it (so gradients are
-identical, ties included). Autodiff's select_and_scatter is expanded by XLA's CPU
-backend into an index-tracking reduce_window and a scatter (about 9% of a
-ResNet-50 forward + backward at 224 px, AMD EPYC); here the backward is k*k
-compare, select and strided-pad terms that XLA fuses into one pass.
+identical, ties included). Autodiff's select_and_scatter is expanded by
+XLA's CPU backend into an index-tracking reduce_window and a scatter (about
+9% of a ResNet-50 forward + backward at 224 px, AMD EPYC); here the backward
+is k*k compare, select and strided-pad terms that XLA fuses into one pass.
 Accelerators keep flax's.
 """
 
