@@ -20,18 +20,18 @@ at a time, the others wait on their pipe):
 
 Every contender steps on one batch already in memory (our input pipeline is
 left out, as timm has none). Ours run with glibc's malloc on huge pages, as
-main.py runs them (big_vision_like/hugepages.py); timm as its users run it,
-or on huge pages too with `--timm_hugepages` (its step gains as well). A
-round is `--warmup` untimed steps, then the median of `--steps` timed ones;
-the round order alternates. `--config.*`
-overrides and `--model_override k=v` (= `--config.model.k=v`) apply to ours
-and minimal only. Printed: each round's time, the median over rounds,
-images/s, and speed against timm (timm's time / ours, paired by round, so
-> 1 means faster than timm) with its range over rounds, and the ratio of the
-best rounds; the CPU's model name and the load average at start and end;
-last, the same as one JSON line. On a shared machine compare best rounds
-too: torch's OpenMP threads wait for each other, so a step takes several
-times longer while another process holds a core; XLA's pool suffers less.
+main.py runs them (big_vision_like/hugepages.py); timm as its users run it, or
+on huge pages too with `--timm_hugepages` (its step gains as well). A round is
+`--warmup` untimed steps, then the median of `--steps` timed ones; the round
+order alternates. `--config.*` overrides and `--model_override k=v` (=
+`--config.model.k=v`) apply to ours and minimal only. Printed: each round's
+time, the median over rounds, images/s, and speed against timm (timm's time /
+ours, paired by round, so > 1 means faster than timm) with its range over
+rounds, and the ratio of the best rounds; the CPU's model name and the load
+average at start and end; last, the same as one JSON line. On a shared machine
+compare best rounds too: torch's OpenMP threads wait for each other, so a step
+takes several times longer while another process holds a core; XLA's pool
+suffers less.
 """
 
 from __future__ import annotations
