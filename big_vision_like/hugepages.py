@@ -72,8 +72,12 @@ def reexec() -> None:
   changes anything; returns where it does not. Call it first thing in a
   `__main__` block, never from library code (it replaces the process)."""
   env = env_with_hugepages(os.environ)
-  if env is None:
+  if env is None or not sys.executable:
     return
   sys.stdout.flush()
   sys.stderr.flush()
-  os.execve(sys.executable, sys.orig_argv, env)
+  try:
+    os.execve(sys.executable, sys.orig_argv, env)
+  except OSError as e:  # Run on as we are: only slower.
+    print(f"Warning: could not re-run with {TUNABLE} ({e}); set "
+          f"{OPT_OUT}=0 to skip trying.", file=sys.stderr)

@@ -75,3 +75,17 @@ def test_reexec_runs_the_same_command_in_the_same_process(tmp_path):
   (pid1, tun1, args1, on1), (pid2, tun2, args2, on2) = map(json.loads, out)
   assert pid1 == pid2 and args1 == args2 == ["a", "b c"]
   assert (tun1, on1, tun2, on2) == (None, False, hugepages.TUNABLE, True)
+
+
+def test_a_failed_reexec_warns_and_runs_on(monkeypatch, capsys):
+  monkeypatch.setattr(hugepages, "env_with_hugepages",
+                      lambda env: {"GLIBC_TUNABLES": hugepages.TUNABLE})
+
+  def execve(*args):
+    raise PermissionError(13, "Permission denied")
+
+  monkeypatch.setattr(hugepages.os, "execve", execve)
+  hugepages.reexec()  # Returns instead of raising.
+  err = capsys.readouterr().err
+  assert "could not re-run with glibc.malloc.hugetlb=1" in err
+  assert "BIG_VISION_LIKE_HUGEPAGES=0" in err
